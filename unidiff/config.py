@@ -1,0 +1,122 @@
+"""Training configuration: dataclasses that TOML files in ``configs/`` map onto one to one.
+
+A file has the sections ``[model]``, ``[data]`` and ``[train]``; every key is a field of the matching dataclass.
+``--set section.key=value`` overrides one key from the command line; its value is parsed as TOML (``3e-4``,
+``true``, ``"text"``) and falls back to a plain string. Unknown sections or keys are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unidiff.errors import UnidiffError
+from unidiff.model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shakespeare"  # a registered dataset name
+    seq_len: int = 256  # training window length
+    train_split: str = "train"
+    eval_split: str = "valid"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 disables EMA
+    schedule: str = "linear"  # masking schedule (see unidiff.schedules)
+    eval_every: int = 250
+    eval_windows: int = 256  # held-out windows per periodic evaluation
+    save_every: int = 250
+    seed: int = 0
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has fast bf16)
+    device: str = "auto"  # auto | cpu | cuda
+    out_dir: str = "runs/default"
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for section, values in d.items():
+            sub = _section(cfg, section)
+            for key, value in values.items():
+                _assign(sub, section, key, value)
+        return cfg
+
+
+def _section(cfg: Config, name: str):
+    names = [f.name for f in dataclasses.fields(cfg)]
+    if name not in names:
+        raise UnidiffError(f"unknown config section {name!r}; sections are: {', '.join(names)}")
+    return getattr(cfg, name)
+
+
+def _assign(sub: Any, section: str, key: str, value: Any) -> None:
+    fields = {f.name: f for f in dataclasses.fields(sub)}
+    if key not in fields:
+        raise UnidiffError(f"unknown config key {section}.{key}; keys of [{section}] are: {', '.join(fields)}")
+    current = getattr(sub, key)
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(current)) and not isinstance(value, bool)
+    if not ok:
+        raise UnidiffError(f"config key {section}.{key} takes a {type(current).__name__}; got {value!r}")
+    setattr(sub, key, value)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'section.key=value' -> (section, key, value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UnidiffError(f"--set takes section.key=value (e.g. train.steps=100); got {text!r}")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML config (or start from defaults) and apply ``section.key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UnidiffError(f"config file {path} does not exist; the shipped configs are in configs/")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UnidiffError(f"config file {path} is not valid TOML: {e}") from None
+    cfg = Config.from_dict(data)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _assign(_section(cfg, section), section, key, value)
+    return cfg

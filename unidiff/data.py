@@ -1,0 +1,162 @@
+"""From user content to model batches: segments, rows, padding, and training windows.
+
+A sample is a list of `Segment`s. Each is encoded by its modality, mapped into the joint vocabulary and
+concatenated into one row; positions to generate start as MASK and are the row's *targets*. Adjacent segments
+of the same modality join into one run (a prompt and its continuation are one text); when a row holds more than
+one modality, each run is wrapped in its modality's BOS/EOS markers, which are always given.
+Rows are right-padded into a `Batch`, so column j of a row is its own position j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from unidiff.errors import ModalityInputError, UnidiffError
+from unidiff.modality import Modality
+from unidiff.vocab import MASK, PAD, VocabLayout
+
+ROLES = ("given", "generate")
+
+
+@dataclass
+class Segment:
+    """One part of a sample.
+
+    Args:
+        modality: registry name of the modality, e.g. "text".
+        content: what the modality encodes (a str for text); for ``role="generate"`` it is ignored.
+        role: "given" (kept fixed) or "generate" (starts fully masked).
+        length: number of tokens to generate (``role="generate"`` only).
+    """
+
+    modality: str
+    content: Any = None
+    role: str = "given"
+    length: int | None = None
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise UnidiffError(f"segment role must be one of {', '.join(ROLES)}; got {self.role!r}")
+        if self.role == "generate" and (self.length is None or self.length < 1):
+            raise UnidiffError(f"a 'generate' segment needs a positive length; got {self.length!r}")
+
+
+@dataclass
+class Row:
+    ids: torch.Tensor  # (L,) global ids, MASK where generated
+    modality: torch.Tensor  # (L,) modality index
+    targets: torch.Tensor  # (L,) bool, positions to generate
+    spans: list[tuple[str, int, int, bool]]  # (modality, start, stop, generated) per segment
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # (B, L)
+    modality: torch.Tensor  # (B, L)
+    positions: torch.Tensor  # (B, L)
+    pad_mask: torch.Tensor  # (B, L) bool, True on padding
+    targets: torch.Tensor  # (B, L) bool
+
+    def to(self, device) -> "Batch":
+        return Batch(*(getattr(self, f).to(device) for f in ("ids", "modality", "positions", "pad_mask", "targets")))
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return (~self.pad_mask).sum(1)
+
+
+def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Mapping[str, Modality]) -> Row:
+    """Encode one sample's segments into a row (raises a clear error on bad content)."""
+    if not segments:
+        raise UnidiffError("a sample needs at least one segment")
+    markers = len({s.modality for s in segments}) > 1
+    ids, mods, tgts, spans = [], [], [], []
+    prev = None
+    for i, seg in enumerate(segments):
+        block = layout.block(seg.modality)
+        if seg.role == "given":
+            try:
+                local = modalities[seg.modality].encode(seg.content)
+            except ModalityInputError as e:
+                raise ModalityInputError(f"segment {i} ({seg.modality}): {e}") from None
+            part, tgt = layout.to_global(seg.modality, local).tolist(), [False] * len(local)
+        else:
+            part, tgt = [MASK] * seg.length, [True] * seg.length
+        if markers and seg.modality != prev:
+            if prev is not None:
+                ids.append(layout.block(prev).eos); mods.append(layout.index(prev)); tgts.append(False)
+            ids.append(block.bos); mods.append(block.index); tgts.append(False)
+        spans.append((seg.modality, len(ids), len(ids) + len(part), seg.role == "generate"))
+        ids += part; mods += [block.index] * len(part); tgts += tgt
+        prev = seg.modality
+    if markers:
+        ids.append(layout.block(prev).eos); mods.append(layout.index(prev)); tgts.append(False)
+    return Row(torch.tensor(ids, dtype=torch.long), torch.tensor(mods, dtype=torch.long),
+               torch.tensor(tgts, dtype=torch.bool), spans)
+
+
+def collate(rows: Sequence[Row]) -> Batch:
+    """Right-pad rows into a batch."""
+    B, L = len(rows), max(len(r.ids) for r in rows)
+    ids = torch.full((B, L), PAD, dtype=torch.long)
+    modality = torch.zeros((B, L), dtype=torch.long)
+    targets = torch.zeros((B, L), dtype=torch.bool)
+    pad = torch.ones((B, L), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        n = len(r.ids)
+        ids[b, :n], modality[b, :n], targets[b, :n], pad[b, :n] = r.ids, r.modality, r.targets, False
+    return Batch(ids, modality, torch.arange(L).expand(B, L).contiguous(), pad, targets)
+
+
+class Windows:
+    """Fixed-length training windows over the encoded documents of one modality.
+
+    A window never crosses a document boundary; a document shorter than ``length`` is one padded window.
+
+    Args:
+        docs: documents as global-id tensors.
+        length: window length.
+        modality_index: the modality's index in the layout.
+    """
+
+    def __init__(self, docs: Sequence[torch.Tensor], length: int, modality_index: int):
+        docs = [d for d in docs if len(d)]
+        if not docs:
+            raise UnidiffError("the dataset is empty: no documents to train or evaluate on")
+        self.length, self.modality_index = length, modality_index
+        self.stream = torch.cat([d.long() for d in docs])
+        starts, tiles, ends, offset = [], [], [], 0
+        for d in docs:
+            last = max(len(d) - length, 0)  # last start whose window fits in the document
+            starts.append(offset + torch.arange(last + 1))
+            tiles.append(offset + torch.arange(0, last + 1, length))
+            ends.append(torch.full((last + 1,), offset + len(d)))
+            offset += len(d)
+        self.starts, self.tile_starts, self.ends = torch.cat(starts), torch.cat(tiles), torch.cat(ends)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.stream)
+
+    def batch(self, starts: torch.Tensor) -> Batch:
+        """Windows beginning at the given stream offsets (each one of ``self.starts``)."""
+        B, L = len(starts), self.length
+        idx = starts.unsqueeze(1) + torch.arange(L)  # (B, L)
+        end = self.ends[torch.searchsorted(self.starts, starts)]  # (B,) end of each window's document
+        pad = idx >= end.unsqueeze(1)
+        ids = torch.where(pad, PAD, self.stream[idx.clamp(max=len(self.stream) - 1)])
+        modality = torch.full((B, L), self.modality_index, dtype=torch.long)
+        return Batch(ids, modality, torch.arange(L).expand(B, L).contiguous(), pad, ~pad)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """Random windows, drawn uniformly over all start offsets."""
+        return self.batch(self.starts[torch.randint(len(self.starts), (batch_size,), generator=generator)])
+
+    def tiles(self, batch_size: int, max_windows: int | None = None):
+        """Non-overlapping windows from the start of each document, in order (for evaluation)."""
+        starts = self.tile_starts[:max_windows]
+        for i in range(0, len(starts), batch_size):
+            yield self.batch(starts[i:i + batch_size])

@@ -1,0 +1,42 @@
+"""The modality contract: what a plugin must provide for the engine to train on and generate its content.
+
+A modality owns a tokenizer (content <-> local ids ``0..vocab_size-1``), a default length, an output file format
+and, optionally, an output head. The engine never looks inside content: it only sees local ids, which
+`unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can rebuild
+the same modality from the options it stored (``factory(**modality.options())``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from torch import nn
+
+
+@runtime_checkable
+class Modality(Protocol):
+    name: str  # registry name, e.g. "text"
+    vocab_size: int  # number of local content ids
+    default_length: int  # tokens generated when the user gives no length
+    file_suffix: str  # e.g. ".txt", ".fa", ".png"
+
+    def encode(self, content: Any) -> list[int]:
+        """Content -> local ids. Raise `ModalityInputError` naming the bad item and its position."""
+
+    def decode(self, ids: Sequence[int]) -> Any:
+        """Local ids -> content."""
+
+    def write(self, contents: Sequence[Any], path: Path) -> None:
+        """Write generated contents to ``path`` in the modality's file format."""
+
+    def options(self) -> dict:
+        """JSON-serialisable keyword arguments that rebuild this modality through its factory."""
+
+
+def make_head(modality: Modality, d_model: int) -> nn.Module:
+    """The output head of a modality: its own ``make_head(d_model)`` if it has one, else a linear projection."""
+    custom = getattr(modality, "make_head", None)
+    if custom is not None:
+        return custom(d_model)
+    return nn.Linear(d_model, modality.vocab_size, bias=False)

@@ -1,0 +1,137 @@
+"""The denoiser: a bidirectional pre-norm transformer over the joint vocabulary.
+
+Notable choices: rotary position embeddings on explicit ``positions`` (so a plugin can lay out 2-D grids or
+restart positions per segment), a learned modality embedding added to the token embedding, PyTorch's
+``scaled_dot_product_attention`` with a key-padding mask, and one output head per modality (supplied by its
+plugin) whose logits land in that modality's id range; every other id gets -inf. No time conditioning: with the
+absorbing process the clean-token posterior does not depend on t (MDLM). The model knows nothing of tokenizers
+or schedules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unidiff.vocab import VocabLayout
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    max_len: int = 256  # longest sequence (prompt + generated) the model accepts
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) positions -> cos, sin of shape (B, 1, L, head_dim/2)."""
+    inv = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    ang = positions.float().unsqueeze(-1) * inv  # (B, L, hd/2)
+    return ang.cos().unsqueeze(1), ang.sin().unsqueeze(1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, L, hd/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, L, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden, bias=False), nn.GELU(),
+                                 nn.Linear(hidden, cfg.d_model, bias=False))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, attn_mask):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Denoiser(nn.Module):
+    """Predicts clean tokens at every position from a partly masked sequence.
+
+    Args:
+        cfg: sizes of the transformer.
+        layout: the joint vocabulary.
+        heads: one module per modality (in layout order) mapping (N, d_model) -> (N, that modality's vocab size).
+    """
+
+    def __init__(self, cfg: ModelConfig, layout: VocabLayout, heads: dict[str, nn.Module]):
+        super().__init__()
+        if sorted(heads) != layout.names:
+            raise ValueError(f"heads {sorted(heads)} do not match the layout's modalities {layout.names}")
+        self.cfg, self.layout = cfg, layout
+        self.tok_emb = nn.Embedding(layout.size, cfg.d_model)
+        self.mod_emb = nn.Embedding(len(layout.names), cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.heads = nn.ModuleDict({n: heads[n] for n in layout.names})
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def features(self, ids: torch.Tensor, modality: torch.Tensor, positions: torch.Tensor | None = None,
+                 pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids, modality indices, positions, bool padding -> (B, L, d_model) final hidden states."""
+        B, L = ids.shape
+        if positions is None:
+            positions = torch.arange(L, device=ids.device).expand(B, L)
+        cos, sin = rope_tables(positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
+        # (B, 1, 1, L): True where a key takes part; None (faster kernels) when nothing is padded.
+        attn_mask = None if pad_mask is None or not pad_mask.any() else ~pad_mask[:, None, None, :]
+        x = self.tok_emb(ids) + self.mod_emb(modality)
+        for block in self.blocks:
+            x = block(x, cos, sin, attn_mask)
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """(..., d) hidden states and (...,) modality indices -> (..., V) logits, -inf outside each range."""
+        out = h.new_full((*h.shape[:-1], self.layout.size), float("-inf"))
+        for name, head in self.heads.items():
+            b = self.layout.blocks[name]
+            sel = modality == b.index
+            if len(self.heads) == 1:
+                out[..., b.start:b.stop] = head(h)
+            elif sel.any():
+                out[sel, b.start:b.stop] = head(h[sel]).to(out.dtype)
+        return out
+
+    def forward(self, ids, modality, positions=None, pad_mask=None) -> torch.Tensor:
+        """(B, L) -> (B, L, V) logits."""
+        return self.logits(self.features(ids, modality, positions, pad_mask), modality)

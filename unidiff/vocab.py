@@ -1,0 +1,113 @@
+"""The joint vocabulary: one contiguous id range per modality, plus shared special ids.
+
+Layout (global ids)::
+
+    0 PAD | 1 MASK | modality A: BOS, EOS, content 0..n_A-1 | modality B: BOS, EOS, content ... | ...
+
+Modalities are laid out in name order, so the same set of modalities always gives the same layout; the layout is
+stored in every checkpoint and checked on load. A position of modality m may only predict m's content ids: never
+PAD, MASK, a BOS/EOS marker or another modality's ids (`allowed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from unidiff.errors import CheckpointError, UnknownNameError
+
+PAD, MASK = 0, 1
+N_SHARED = 2
+N_MARKERS = 2  # BOS, EOS per modality
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    index: int  # modality index (embedding row, head index)
+    bos: int
+    eos: int
+    start: int  # first content id
+    size: int  # number of content ids
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size
+
+
+class VocabLayout:
+    """Allocate global id ranges to modalities.
+
+    Args:
+        sizes: modality name -> number of local content ids.
+    """
+
+    def __init__(self, sizes: Mapping[str, int]):
+        if not sizes:
+            raise ValueError("a vocabulary layout needs at least one modality")
+        self.blocks: dict[str, Block] = {}
+        nxt = N_SHARED
+        for i, name in enumerate(sorted(sizes)):
+            n = int(sizes[name])
+            if n <= 0:
+                raise ValueError(f"modality {name!r} has vocabulary size {n}; it must be positive")
+            self.blocks[name] = Block(name, i, nxt, nxt + 1, nxt + N_MARKERS, n)
+            nxt += N_MARKERS + n
+        self.size = nxt
+        # (M, V) bool: which global ids a position of each modality may predict.
+        self.allowed_table = torch.zeros(len(self.blocks), self.size, dtype=torch.bool)
+        for b in self.blocks.values():
+            self.allowed_table[b.index, b.start:b.stop] = True
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.blocks)
+
+    def block(self, name: str) -> Block:
+        try:
+            return self.blocks[name]
+        except KeyError:
+            raise UnknownNameError("modality", name, self.names,
+                                   "This model was not trained on it; pick a model that has it") from None
+
+    def index(self, name: str) -> int:
+        return self.block(name).index
+
+    def to_global(self, name: str, local: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        b = self.block(name)
+        local = torch.as_tensor(local, dtype=torch.long)
+        if local.numel() and (local.min() < 0 or local.max() >= b.size):
+            raise ValueError(f"local ids for {name!r} must lie in [0, {b.size}); got {local.min()}..{local.max()}")
+        return local + b.start
+
+    def to_local(self, name: str, ids: torch.Tensor) -> torch.Tensor:
+        """Global ids of one modality's content -> local ids (raises if any id lies outside its range)."""
+        b = self.block(name)
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.numel() and (ids.min() < b.start or ids.max() >= b.stop):
+            raise ValueError(f"ids outside the range of modality {name!r}: [{b.start}, {b.stop})")
+        return ids - b.start
+
+    def allowed(self, modality: torch.Tensor) -> torch.Tensor:
+        """(...,) modality indices -> (..., V) bool mask of the ids each position may predict."""
+        return self.allowed_table.to(modality.device)[modality]
+
+    def to_dict(self) -> dict:
+        return {"sizes": {n: b.size for n, b in self.blocks.items()}, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VocabLayout":
+        layout = cls(d["sizes"])
+        if layout.size != d.get("size", layout.size):
+            raise CheckpointError(f"vocabulary layout in checkpoint says size {d['size']} but its ranges give "
+                                  f"{layout.size}: the checkpoint's config.json is inconsistent")
+        return layout
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VocabLayout) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{b.name}=[{b.start},{b.stop})" for b in self.blocks.values())
+        return f"VocabLayout(size={self.size}, {parts})"
