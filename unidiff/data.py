@@ -111,6 +111,11 @@ def collate(rows: Sequence[Row]) -> Batch:
     return Batch(ids, modality, torch.arange(L).expand(B, L).contiguous(), pad, targets)
 
 
+def encode_docs(docs: Sequence[Any], modality: Modality, layout: VocabLayout) -> list[torch.Tensor]:
+    """Encode whole documents of one modality into global-id tensors."""
+    return [layout.to_global(modality.name, modality.encode(d)) for d in docs]
+
+
 class Windows:
     """Fixed-length training windows over the encoded documents of one modality.
 

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from unidiff.data import Batch, Windows
-from unidiff.device import autocast
+from unidiff.checkpoint import load_model
+from unidiff.data import Batch, Windows, encode_docs
+from unidiff.device import autocast, resolve_device, resolve_precision
+from unidiff.errors import CheckpointError
 from unidiff.losses import corrupt, elbo_terms, per_modality, sample_times
 from unidiff.model import Denoiser
-from unidiff.schedules import Schedule
+from unidiff.plugins import Registry
+from unidiff.schedules import Schedule, get_schedule
 
 
 def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: torch.Generator,
@@ -75,3 +78,30 @@ def evaluate(model: Denoiser, windows: Windows, schedule: Schedule, batch_size: 
             result.nats_per_token[name] = float(sums[b.index] / counts[b.index])
             result.tokens[name] = int(counts[b.index]) // samples
     return result
+
+
+def evaluate_model(name_or_path, registry=None, device: str = "auto", precision: str = "auto",
+                   max_windows: int | None = None, samples: int = 1, seed: int = 1234,
+                   batch_size: int = 32) -> tuple[EvalResult, dict]:
+    """Held-out ELBO of a model folder or registered model on the held-out split of the data it was trained on.
+
+    Returns:
+        (result, info): info names the dataset, split, window length and number of windows.
+    """
+    registry = registry or Registry()
+    dev = resolve_device(device)
+    model, modalities, config = load_model(name_or_path, registry, dev)
+    training = config.get("training")
+    if not training:
+        raise CheckpointError(f"{name_or_path} records no training data to evaluate on (no \"training\" entry in "
+                              f"its config.json)")
+    data, train_cfg = training["data"], training["train"]
+    builder, meta = registry.dataset(data["dataset"])
+    modality = modalities[meta["modality"]]
+    docs = builder(data["eval_split"])
+    windows = Windows(encode_docs(docs, modality, model.layout), data["seq_len"], model.layout.index(modality.name))
+    result = evaluate(model, windows, get_schedule(train_cfg["schedule"]), batch_size, max_windows, samples, seed,
+                      resolve_precision(precision, dev))
+    n = len(windows.tile_starts) if max_windows is None else min(max_windows, len(windows.tile_starts))
+    info = {"dataset": data["dataset"], "split": data["eval_split"], "seq_len": data["seq_len"], "windows": n}
+    return result, info

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from unidiff.checkpoint import atomic_dir, ensure_writable, load_weights, read_config, recover, write_model
 from unidiff.config import Config
-from unidiff.data import Windows
+from unidiff.data import Windows, encode_docs
 from unidiff.device import resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.evaluate import EvalResult, batch_elbo, evaluate
@@ -53,10 +53,6 @@ def lr_at(step: int, cfg) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def encode_docs(docs, modality: Modality, layout: VocabLayout) -> list[torch.Tensor]:
-    return [layout.to_global(modality.name, modality.encode(d)) for d in docs]
 
 
 def load_dataset(cfg: Config, registry: Registry) -> tuple[Modality, list, list]:

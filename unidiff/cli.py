@@ -1,0 +1,152 @@
+"""The ``unidiff`` command: train, generate, eval, plugins.
+
+Every user error (`UnidiffError`) is printed as one line, ``unidiff: error: ...``, with exit status 2 and no
+traceback; generated content goes to stdout (or ``--out``), reports go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from unidiff.errors import UnidiffError
+
+EXIT_USER_ERROR = 2
+
+
+def cmd_train(args) -> None:
+    from unidiff.config import load_config
+    from unidiff.train import train
+
+    cfg = load_config(args.config, args.set or [])
+    if args.no_progress:
+        cfg.train.progress = False
+    result = train(cfg)
+    print(f"trained {result.step} steps in {result.seconds:.0f} s; model: {result.out_dir / 'model'}",
+          file=sys.stderr)
+    if result.eval is not None:
+        print(f"held-out ELBO: {result.eval.summary()}", file=sys.stderr)
+
+
+def cmd_generate(args) -> None:
+    from unidiff.generate import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    gen = pipe.complete(args.prompt, modality=args.modality, num=args.num, length=args.length, steps=args.steps,
+                        policy=args.policy, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p)
+    modality = pipe.modality(args.modality)
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            modality.write(gen.texts, out)
+        except OSError as e:
+            raise UnidiffError(f"cannot write {out}: {e.strerror}") from None
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        for i, content in enumerate(gen.texts):
+            if args.num > 1:
+                print(f"===== sample {i} (seed {args.seed + i}) =====")
+            print(content)
+    print(gen.report(), file=sys.stderr)
+
+
+def cmd_eval(args) -> None:
+    from unidiff.evaluate import evaluate_model
+
+    result, info = evaluate_model(args.model, device=args.device, max_windows=args.windows, samples=args.samples,
+                                  seed=args.seed)
+    print(f"{args.model}: held-out ELBO on {info['dataset']}/{info['split']} "
+          f"({info['windows']} windows of {info['seq_len']} tokens, {args.samples} time sample(s) each)")
+    for name, bits in result.bits_per_token.items():
+        print(f"  {name}: {bits:.4f} bits/token  ({result.nats_per_token[name]:.4f} nats/token, "
+              f"{result.tokens[name]} tokens)")
+
+
+def cmd_plugins(args) -> None:
+    from unidiff.plugins import Registry
+
+    reg = Registry()
+    for info in reg.info.values():
+        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items()) or "nothing"
+        print(f"{info.name}  ({info.package} {info.version})  {provides}")
+    for name, why in reg.broken.items():
+        print(f"{name}  BROKEN: {why}")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unidiff", description="Discrete diffusion for text, code, DNA and images.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a TOML config", description=(
+        "Train (or resume: a run restarts from OUT_DIR/last when it exists) a denoiser from a config in configs/."))
+    t.add_argument("config", help="TOML file with [model], [data] and [train] sections")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config key, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="generate samples from a model", description=(
+        "Generate NUM samples: the prompt (if any) followed by LENGTH generated tokens. Content goes to stdout "
+        "or --out; the number of forward passes (NFE) and tokens/s go to stderr."))
+    g.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
+    g.add_argument("--prompt", help="given content that the samples continue")
+    g.add_argument("--modality", help="modality to generate (default: the model's only one)")
+    g.add_argument("--num", type=_positive, default=1, help="number of samples (default 1)")
+    g.add_argument("--length", type=_positive, help="tokens to generate (default: the modality's default length, "
+                                                     "cut to the model's context)")
+    g.add_argument("--steps", type=_positive, help="sampling steps (default: one per generated token)")
+    g.add_argument("--policy", default="confidence", help="unmasking policy: confidence (default) or ancestral")
+    g.add_argument("--seed", type=int, default=0, help="random seed; sample i uses seed + i (default 0)")
+    g.add_argument("--temperature", type=float, default=1.0, help="proposal temperature, 0 = greedy (default 1)")
+    g.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    g.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
+    g.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="held-out ELBO of a model", description=(
+        "Estimate the masked-diffusion ELBO (an upper bound on the NLL) in bits per token on the held-out split "
+        "of the dataset the model was trained on."))
+    e.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
+    e.add_argument("--windows", type=_positive, help="evaluate only the first N held-out windows (default: all)")
+    e.add_argument("--samples", type=_positive, default=1, help="time samples per window (default 1)")
+    e.add_argument("--seed", type=int, default=1234, help="seed of the Monte-Carlo estimate (default 1234)")
+    e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    e.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser("plugins", help="list installed plugins", description=(
+        "List each plugin with its package, version and what it registers; broken plugins are named."))
+    pl.set_defaults(func=cmd_plugins)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UnidiffError as e:
+        print(f"unidiff: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("unidiff: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()  # output piped into e.g. head: not an error
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

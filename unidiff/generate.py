@@ -1,0 +1,172 @@
+"""The high-level API: load a model, turn user requests into segments, sample, decode.
+
+    from unidiff import Pipeline, Segment
+    pipe = Pipeline.load("text")                       # a registered model name or a model folder
+    out = pipe.complete("ROMEO.\\n", num=2, length=200)  # prompt + continuation, as strings
+    out = pipe.generate([[Segment("text", "KING.\\n"), Segment("text", role="generate", length=64)]])
+    print(out.texts, out.nfe, out.tokens_per_second)
+
+Requests are checked before any work: an unknown modality, content the modality cannot encode, or a row longer
+than the model's context each raise a `UnidiffError` naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from unidiff.checkpoint import load_model
+from unidiff.data import Row, Segment, collate, encode_row
+from unidiff.device import resolve_device, resolve_precision
+from unidiff.errors import UnidiffError
+from unidiff.plugins import Registry
+from unidiff.sampling import sample
+from unidiff.vocab import VocabLayout
+
+
+@dataclass
+class Generation:
+    """Decoded outputs of one `Pipeline.generate` call.
+
+    samples: per row, its runs as (modality, content); adjacent segments of one modality form one run.
+    nfe: per row, the forward passes it took.
+    generated: per row, the number of generated tokens.
+    seconds: wall time of the sampling loop.
+    """
+
+    samples: list[list[tuple[str, Any]]]
+    nfe: list[int]
+    generated: list[int]
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(self.generated) / max(self.seconds, 1e-9)
+
+    @property
+    def texts(self) -> list[Any]:
+        """Per row, the content of its last run (the whole row when it holds a single modality)."""
+        return [runs[-1][1] for runs in self.samples]
+
+    def report(self) -> str:
+        nfe = sorted(set(self.nfe))
+        nfe_s = str(nfe[0]) if len(nfe) == 1 else f"{nfe[0]}-{nfe[-1]}"
+        return (f"{len(self.samples)} sample(s), {sum(self.generated)} tokens in {self.seconds:.2f} s: "
+                f"NFE {nfe_s} per sample, {self.tokens_per_second:.0f} tokens/s")
+
+
+def decode_row(ids: torch.Tensor, row: Row, layout: VocabLayout, modalities) -> list[tuple[str, Any]]:
+    """Decode a finished row run by run (a run: adjacent spans of one modality)."""
+    runs: list[list] = []
+    for name, start, stop, _ in row.spans:
+        if runs and runs[-1][0] == name and runs[-1][2] == start:
+            runs[-1][2] = stop
+        else:
+            runs.append([name, start, stop])
+    return [(name, modalities[name].decode(layout.to_local(name, ids[start:stop]).tolist()))
+            for name, start, stop in runs]
+
+
+class Pipeline:
+    """A loaded model with its modalities, ready to generate.
+
+    Args:
+        model: the denoiser.
+        modalities: name -> modality, as the checkpoint rebuilt them.
+        config: the checkpoint's config.json contents.
+        amp_dtype: autocast dtype for sampling (None: fp32).
+    """
+
+    def __init__(self, model, modalities: dict, config: dict, amp_dtype: torch.dtype | None = None):
+        self.model, self.modalities, self.config, self.amp_dtype = model, modalities, config, amp_dtype
+        self.layout: VocabLayout = model.layout
+        self.registry: Registry | None = None
+
+    @classmethod
+    def load(cls, model: str | Path = "text", device: str = "auto", precision: str = "auto",
+             registry: Registry | None = None) -> "Pipeline":
+        """Load a registered model name (see ``unidiff plugins``) or a model folder."""
+        registry = registry or Registry()
+        dev = resolve_device(device)
+        net, modalities, config = load_model(model, registry, dev)
+        pipe = cls(net, modalities, config, resolve_precision(precision, dev))
+        pipe.registry = registry
+        return pipe
+
+    @property
+    def max_len(self) -> int:
+        return self.model.cfg.max_len
+
+    def modality(self, name: str | None):
+        """The model's modality of that name; None picks the only one (an error if the model has several)."""
+        if name is None:
+            if len(self.modalities) > 1:
+                raise UnidiffError(f"this model has several modalities ({', '.join(self.modalities)}); "
+                                   f"say which one to generate with --modality")
+            return next(iter(self.modalities.values()))
+        self.layout.block(name)  # raises, listing the model's modalities
+        return self.modalities[name]
+
+    def encode(self, samples: Sequence[Sequence[Segment]]) -> list[Row]:
+        rows = []
+        for i, segments in enumerate(samples):
+            for seg in segments:
+                self.layout.block(seg.modality)
+            row = encode_row(segments, self.layout, self.modalities)
+            if len(row.ids) > self.max_len:
+                given = int((~row.targets).sum())
+                raise UnidiffError(
+                    f"sample {i} needs {len(row.ids)} positions ({given} given + {int(row.targets.sum())} to "
+                    f"generate) but the model's context is {self.max_len}: shorten the prompt or ask for at most "
+                    f"{max(self.max_len - given, 0)} tokens (--length)")
+            if not row.targets.any():
+                raise UnidiffError(f"sample {i} has nothing to generate: add a segment with role='generate'")
+            rows.append(row)
+        return rows
+
+    def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
+                 policy: str = "confidence", seed: int = 0, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, schedule: str = "linear") -> Generation:
+        """Generate every 'generate' segment of every sample in one batch.
+
+        Args:
+            samples: one list of `Segment`s per output.
+            steps: sampling steps per sample (None: one per generated token; fewer is faster).
+            policy: unmasking policy name (``unidiff plugins`` lists them).
+            seed: sample i uses seed + i, so it is the same whether generated alone or in a batch.
+            temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
+            schedule: time grid of the reverse process.
+        """
+        registry = self.registry or Registry()
+        pol = registry.policy(policy)
+        rows = self.encode(samples)
+        out = sample(self.model, collate(rows), pol, steps=steps, seeds=seed, temperature=temperature,
+                     top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype)
+        ids = out.ids.cpu()
+        decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
+        return Generation(decoded, out.nfe.tolist(), out.generated.tolist(), out.seconds)
+
+    def complete(self, prompt: Any = None, *, modality: str | None = None, num: int = 1,
+                 length: int | None = None, **kwargs) -> Generation:
+        """``num`` samples of one modality: the prompt (if any) followed by ``length`` generated tokens.
+
+        ``length`` defaults to the modality's default length, cut to what the context leaves after the prompt.
+        Other keyword arguments go to `generate`.
+        """
+        m = self.modality(modality)
+        if num < 1:
+            raise UnidiffError(f"--num must be at least 1; got {num}")
+        segments = [Segment(m.name, prompt)] if prompt not in (None, "") else []
+        if length is None:
+            used = len(m.encode(prompt)) if segments else 0
+            length = min(m.default_length, self.max_len - used)
+            if length < 1:
+                raise UnidiffError(f"the prompt takes {used} tokens, the model's whole context of {self.max_len}: "
+                                   f"shorten the prompt")
+        elif length < 1:
+            raise UnidiffError(f"--length must be at least 1; got {length}")
+        segments.append(Segment(m.name, role="generate", length=length))
+        return self.generate([segments] * num, **kwargs)
