@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from unidiff.errors import CheckpointError, UnidiffError, UnknownNameError
 from unidiff.modality import Modality, make_head
 from unidiff.model import Denoiser, ModelConfig
-from unidiff.plugins import Registry
+from unidiff.plugins import DISABLE_ENV, Registry
 from unidiff.vocab import VocabLayout
 
 FORMAT = "unidiff-denoiser"
@@ -42,9 +42,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):  # make the bytes durable before the rename makes them visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -107,10 +108,15 @@ def build_modalities(config: dict, registry: Registry) -> dict[str, Modality]:
         try:
             out[name] = registry.modality(name, **rec.get("options", {}))
         except UnknownNameError:
-            raise CheckpointError(
-                f"this model needs modality {name!r} from plugin {rec.get('plugin')!r} "
-                f"(package {rec.get('package')} {rec.get('version')}), which is not installed or is disabled: "
-                f"install it (pip install {rec.get('package')}) or unset UNIDIFF_DISABLE_PLUGINS") from None
+            plugin, package = rec.get("plugin"), rec.get("package")
+            needs = f"this model needs modality {name!r} from plugin {plugin!r} (package {package} " \
+                    f"{rec.get('version')})"
+            if plugin in registry.broken:
+                raise CheckpointError(f"{needs}, which is installed but failed to load ({registry.broken[plugin]}): "
+                                      f"fix or reinstall {package}") from None
+            broken = f"; these plugins failed to load: {', '.join(registry.broken)}" if registry.broken else ""
+            raise CheckpointError(f"{needs}, which is not installed or is disabled: install it (pip install "
+                                  f"{package}) or remove it from {DISABLE_ENV}{broken}") from None
     return out
 
 
@@ -135,8 +141,8 @@ def load_weights(folder: Path, model: Denoiser) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit the model its config.json describes: "
-                              f"{str(e).splitlines()[0]}") from None
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise CheckpointError(f"{path} does not fit the model its config.json describes: {detail}") from None
 
 
 def resolve(name_or_path: str | Path, registry: Registry) -> Path:
@@ -163,7 +169,7 @@ def load_model(name_or_path: str | Path, registry: Registry | None = None,
     try:
         modalities = build_modalities(config, registry)
         model = build_model(config, modalities)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{folder / CONFIG} is missing or has a malformed entry ({e}); "
                               f"restore it or re-train the model") from None
     load_weights(folder, model)

@@ -62,6 +62,8 @@ class Config:
         cfg = cls()
         for section, values in d.items():
             sub = _section(cfg, section)
+            if not isinstance(values, dict):
+                raise UnidiffError(f"config section [{section}] must be a table of key = value lines; got {values!r}")
             for key, value in values.items():
                 _assign(sub, section, key, value)
         return cfg
@@ -87,7 +89,8 @@ def _assign(sub: Any, section: str, key: str, value: Any) -> None:
     else:
         ok = isinstance(value, type(current)) and not isinstance(value, bool)
     if not ok:
-        raise UnidiffError(f"config key {section}.{key} takes a {type(current).__name__}; got {value!r}")
+        kind = type(current).__name__
+        raise UnidiffError(f"config key {section}.{key} takes {'an' if kind == 'int' else 'a'} {kind}; got {value!r}")
     setattr(sub, key, value)
 
 
@@ -118,5 +121,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     cfg = Config.from_dict(data)
     for text in overrides:
         section, key, value = parse_override(text)
-        _assign(_section(cfg, section), section, key, value)
+        sub = _section(cfg, section)
+        if isinstance(getattr(sub, key, None), str) and not isinstance(value, str):
+            value = text.split("=", 1)[1].strip()  # a string field takes the text as written: out_dir=2024
+        _assign(sub, section, key, value)
     return cfg

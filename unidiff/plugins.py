@@ -9,6 +9,8 @@ plugin's ``register_*`` hooks with a callback and keeps what they register, sort
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import importlib.metadata as md
 import os
 import warnings
@@ -46,12 +48,12 @@ def get_plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     pm.unidiff_info = {}  # plugin name -> PluginInfo
     pm.unidiff_broken = {}  # plugin name -> error text
-    for modname in CORE_PLUGINS:
-        module = __import__(modname, fromlist=["_"])
-        pm.register(module, name=modname)
-        pm.unidiff_info[modname] = PluginInfo(modname, "unidiff", _version("unidiff"), modname)
     for name in disabled_plugins():
         pm.set_blocked(name)
+    for modname in CORE_PLUGINS:
+        if not pm.is_blocked(modname):
+            pm.register(importlib.import_module(modname), name=modname)
+            pm.unidiff_info[modname] = PluginInfo(modname, "unidiff", _version("unidiff"), modname)
     seen = set()
     for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
         if ep.name in seen or pm.is_blocked(ep.name):
@@ -90,7 +92,9 @@ class Registry:
 
     def __init__(self, pm: pluggy.PluginManager | None = None):
         self.pm = pm or get_plugin_manager()
-        self.info: dict[str, PluginInfo] = self.pm.unidiff_info
+        # Copies: several registries may be built on one manager, each filling ``provides`` afresh.
+        self.info: dict[str, PluginInfo] = {k: dataclasses.replace(v, provides={})
+                                            for k, v in self.pm.unidiff_info.items()}
         self.broken: dict[str, str] = dict(self.pm.unidiff_broken)
         self.owner: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
         self.entries: dict[str, dict[str, Any]] = {k: {} for k in self.KINDS}

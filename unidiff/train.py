@@ -144,15 +144,17 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
 
 
 def _save(out, model, ema, opt, generator, step, modalities, registry, extra, last_eval) -> None:
-    with atomic_dir(out / "last") as tmp:
-        write_model(tmp, model, modalities, registry, extra=extra)
-        torch.save({"step": step, "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, tmp / STATE)
+    # model/ first: if writing last/ then fails, a re-run resumes from the previous last/ and redoes the steps,
+    # so model/ never lags behind a last/ that claims the run is finished.
     figures = {"step": step}
     if last_eval is not None:
         figures["eval_bits_per_token"] = last_eval.bits_per_token
     with atomic_dir(out / "model") as tmp:
         write_model(tmp, ema, modalities, registry, extra={**extra, "figures": figures})
+    with atomic_dir(out / "last") as tmp:
+        write_model(tmp, model, modalities, registry, extra=extra)
+        torch.save({"step": step, "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, tmp / STATE)
 
 
 def _resume(folder: Path, cfg: Config, model, ema, opt, generator) -> int:
