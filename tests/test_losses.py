@@ -169,7 +169,7 @@ def test_trained_elbo_is_within_5_percent_above_the_true_entropy(chain, tmp_path
     train_x, test_x = draw(P, pi, 20000, seed=10), draw(P, pi, 1024, seed=11)
     cfg = Config(ModelConfig(d_model=64, n_layers=2, n_heads=4, max_len=L),
                  DataConfig(seq_len=L),
-                 TrainConfig(steps=700, batch_size=64, lr=3e-3, warmup=50, min_lr_ratio=0.05, ema=0.99,
+                 TrainConfig(steps=1000, batch_size=64, lr=4e-3, warmup=50, min_lr_ratio=0.05, ema=0.99,
                              eval_every=10_000, eval_windows=64, save_every=10_000, precision="fp32",
                              device="cpu", out_dir=str(tmp_path / "run"), progress=False))
     result = train(cfg, modality=Symbols(), train_docs=train_x.tolist(), eval_docs=test_x[:64].tolist())

@@ -38,6 +38,7 @@ from unidiff.vocab import MASK
 
 # Streams of the counter-based RNG: independent uniforms for the token draw and for the policy.
 STREAM_TOKEN, STREAM_POLICY = 1, 2
+CONFIDENCE_QUANTUM = 2.0 ** 16
 
 
 def _i64(x: int) -> int:
@@ -200,7 +201,9 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         tokens = torch.full_like(xa, MASK)
         tokens[where] = tok
         confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
-        confidence[where] = conf
+        # Quantised so that float rounding (a padded row vs the same row alone, one kernel vs another) cannot
+        # reorder exact ties, e.g. the identical positions of an all-mask start; ties then go leftmost.
+        confidence[where] = torch.round(conf * CONFIDENCE_QUANTUM) / CONFIDENCE_QUANTUM
 
         p_unmask, left = step_budget(n_targets[rows], steps[rows], k, schedule)
         n_masked = ma.sum(1)

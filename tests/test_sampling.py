@@ -1,0 +1,252 @@
+"""The sampling loop: hand-computed steps, commit budgets, clamping, batch invariance, proposal sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from unidiff.data import Segment, collate, encode_row
+from unidiff.errors import UnidiffError
+from unidiff.modality import make_head
+from unidiff.model import Denoiser, ModelConfig
+from unidiff.policies import Ancestral, Confidence
+from unidiff.sampling import (STREAM_POLICY, STREAM_TOKEN, hashed_uniform, propose, sample, step_budget)
+from unidiff.schedules import get_schedule
+from unidiff.vocab import MASK, VocabLayout
+
+# --- a hand-made model: fixed probabilities per position ------------------------------------------------------
+
+PROBS = torch.tensor([[0.90, 0.05, 0.05],   # position 0: symbol 0, confidence 0.9
+                      [0.20, 0.60, 0.20],   # position 1: symbol 1, confidence 0.6
+                      [0.25, 0.25, 0.50],   # position 2: symbol 2, confidence 0.5
+                      [0.10, 0.80, 0.10]],  # position 3: symbol 1, confidence 0.8
+                     dtype=torch.float64)
+
+
+class FixedModel(nn.Module):
+    """Ignores its input: position i always predicts PROBS[i] over the 3 symbols of modality "abc"."""
+
+    def __init__(self):
+        super().__init__()
+        self.layout = VocabLayout({"abc": 3})
+        self.start = self.layout.block("abc").start
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def features(self, ids, modality, positions, pad_mask):
+        return positions.unsqueeze(-1).double()  # (B, L, 1): the position, so logits() can look it up
+
+    def logits(self, h, modality):
+        out = torch.full((*h.shape[:-1], self.layout.size), float("-inf"), dtype=torch.float64)
+        out[..., self.start:self.start + 3] = PROBS[h[..., 0].long()].log()
+        return out
+
+
+def fixed_batch():
+    layout = VocabLayout({"abc": 3})
+    row = encode_row([Segment("abc", role="generate", length=4)], layout, {})
+    return collate([row])
+
+
+def trace(model, batch, policy, **kw):
+    states = []
+    out = sample(model, batch, policy, callback=lambda k, rows, x: states.append(x.clone()), **kw)
+    return out, states
+
+
+def test_confidence_step_by_hand():
+    """steps=2, greedy: step 0 commits the 2 most confident positions (0.9 at 0, 0.8 at 3), step 1 the rest."""
+    out, states = trace(FixedModel(), fixed_batch(), Confidence(), steps=2, temperature=0.0)
+    a, b, c = 4, 5, 6  # global ids of symbols 0, 1, 2
+    assert states[0].tolist() == [[a, MASK, MASK, b]]
+    assert states[1].tolist() == [[a, b, c, b]]
+    assert out.nfe.tolist() == [2] and out.generated.tolist() == [4]
+
+
+def test_confidence_follows_the_schedule_time_grid():
+    """Cosine, 3 steps, N=4: after step k, floor(4 (1 - alpha(1 - (k+1)/3))) = 3, 2, 0 positions stay masked."""
+    _, states = trace(FixedModel(), fixed_batch(), Confidence(), steps=3, temperature=0.0, schedule="cosine")
+    masked = [int((s == MASK).sum()) for s in states]
+    assert masked == [3, 2, 0]
+    assert states[0][0, 0] == 4 and states[1][0, 3] == 5  # most confident first: position 0, then 3
+
+
+def test_ancestral_step_by_hand():
+    """Linear, 4 steps: step 0 reveals each position with p = (alpha(3/4) - alpha(1)) / (1 - alpha(1)) = 1/4,
+    drawing its token by inverting the CDF of PROBS at the position's uniform."""
+    seed = 11
+    _, states = trace(FixedModel(), fixed_batch(), Ancestral(), steps=4, seeds=[seed])
+    pos = torch.arange(4)
+    u_policy = hashed_uniform(torch.tensor(seed), 0, STREAM_POLICY, pos).tolist()
+    u_token = hashed_uniform(torch.tensor(seed), 0, STREAM_TOKEN, pos).tolist()
+    expected = []
+    for i in range(4):
+        if u_policy[i] < 0.25:
+            cdf = PROBS[i].cumsum(0).tolist()
+            expected.append(4 + next(j for j in range(3) if cdf[j] > u_token[i]))
+        else:
+            expected.append(MASK)
+    assert states[0].tolist() == [expected]
+
+
+def test_ancestral_reveal_probabilities_are_one_over_steps_left():
+    p, left = step_budget(torch.tensor([12] * 4), torch.tensor([4] * 4), 0, get_schedule("linear"))
+    probs = [step_budget(torch.tensor([12]), torch.tensor([4]), k, get_schedule("linear"))[0].item()
+             for k in range(4)]
+    assert probs == pytest.approx([1 / 4, 1 / 3, 1 / 2, 1.0])
+    assert left.tolist() == [9] * 4
+
+
+def tiny_denoiser(seed=0, vocab=("text", 256)):
+    torch.manual_seed(seed)
+    layout = VocabLayout({vocab[0]: vocab[1]})
+
+    class M:
+        vocab_size = vocab[1]
+
+    model = Denoiser(ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=64), layout,
+                     {vocab[0]: make_head(M, 32)}).eval()
+    # Sharper than the std-0.02 init, like a trained model: an untrained one predicts the same flat distribution
+    # at every masked position, and its exact ties would be broken by float rounding (padded vs unpadded rows).
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+class Bytes:
+    name, vocab_size = "text", 256
+
+    def encode(self, s):
+        return list(s.encode())
+
+
+def rows_of(prompts_and_lengths, layout):
+    rows = []
+    for prompt, n in prompts_and_lengths:
+        segs = ([Segment("text", prompt)] if prompt else []) + [Segment("text", role="generate", length=n)]
+        rows.append(encode_row(segs, layout, {"text": Bytes()}))
+    return rows
+
+
+REQUESTS = [("To be", 9), ("", 4), ("Once more unto", 17), ("A", 1)]
+
+
+def test_one_commit_per_step_when_steps_equal_tokens():
+    model = tiny_denoiser()
+    batch = collate(rows_of(REQUESTS, model.layout))
+    before = batch.targets.sum(1)
+    counts = []
+    prev = torch.where(batch.targets, MASK, batch.ids)
+
+    def count(k, rows, x):
+        nonlocal prev
+        counts.append(((prev == MASK) & (x != MASK)).sum(1).tolist())
+        prev = x.clone()
+
+    out = sample(model, batch, Confidence(), steps=None, callback=count)
+    n = before.tolist()
+    for k, row_counts in enumerate(counts):
+        assert row_counts == [1 if k < nb else 0 for nb in n]
+    assert out.nfe.tolist() == n and len(counts) == max(n)
+
+
+@pytest.mark.parametrize("policy", [Confidence(), Ancestral()])
+@pytest.mark.parametrize("steps", [None, 3, 100])
+def test_given_positions_never_change(policy, steps):
+    model = tiny_denoiser(1)
+    batch = collate(rows_of(REQUESTS, model.layout))
+    seen = []
+    out = sample(model, batch, policy, steps=steps, seeds=5, callback=lambda k, rows, x: seen.append(x.clone()))
+    given = ~batch.targets
+    for x in seen + [out.ids]:
+        assert torch.equal(x[given], batch.ids[given])
+    gen = out.ids[batch.targets]
+    block = model.layout.block("text")
+    assert ((gen >= block.start) & (gen < block.stop)).all()  # only the modality's own content ids
+    cap = batch.targets.sum(1) if steps is None else torch.minimum(batch.targets.sum(1), torch.tensor(steps))
+    assert (out.nfe <= cap).all()
+    if isinstance(policy, Confidence):
+        assert torch.equal(out.nfe, cap)
+
+
+@pytest.mark.parametrize("policy", [Confidence(), Ancestral()])
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.0}, {"top_k": 5, "top_p": 0.9, "temperature": 0.8}])
+def test_batch_rows_equal_rows_generated_alone(policy, kwargs):
+    model = tiny_denoiser(2)
+    rows = rows_of(REQUESTS, model.layout)
+    together = sample(model, collate(rows), policy, steps=6, seeds=100, **kwargs)
+    for b, row in enumerate(rows):
+        alone = sample(model, collate([row]), policy, steps=6, seeds=[100 + b], **kwargs)
+        n = len(row.ids)
+        assert torch.equal(alone.ids[0], together.ids[b, :n])
+        assert alone.nfe.tolist() == [together.nfe[b].item()]
+
+
+def test_different_seeds_give_different_samples_and_same_seed_repeats():
+    model = tiny_denoiser(3)
+    batch = collate(rows_of([("", 30)], model.layout))
+    a = sample(model, batch, Ancestral(), steps=5, seeds=1).ids
+    assert torch.equal(a, sample(model, batch, Ancestral(), steps=5, seeds=1).ids)
+    assert not torch.equal(a, sample(model, batch, Ancestral(), steps=5, seeds=2).ids)
+
+
+def test_bad_sampler_arguments_raise():
+    model = tiny_denoiser()
+    batch = collate(rows_of([("", 4)], model.layout))
+    with pytest.raises(UnidiffError, match="steps must be at least 1"):
+        sample(model, batch, Confidence(), steps=0)
+    with pytest.raises(UnidiffError, match="temperature"):
+        sample(model, batch, Confidence(), temperature=-1.0)
+
+
+# --- proposals and the counter-based RNG ---------------------------------------------------------------------
+
+def splitmix_reference(seed: int, step: int, stream: int, pos: int) -> float:
+    """The same hash in plain Python integers (mod 2**64), as an independent implementation."""
+    M = (1 << 64) - 1
+    G, M1, M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * M1) & M
+        z = ((z ^ (z >> 27)) * M2) & M
+        return z ^ (z >> 31)
+
+    z = mix((seed * G + step * 4 + stream) & M)
+    z = mix(z ^ ((pos * M1 + G) & M))
+    return (z >> 11) * 2.0 ** -53
+
+
+def test_hashed_uniform_matches_a_plain_python_reference():
+    for seed, step, stream, pos in [(0, 0, 1, 0), (7, 3, 2, 5), (123456789, 40, 1, 255), (2**40, 1, 2, 9)]:
+        got = hashed_uniform(torch.tensor(seed), step, stream, torch.tensor(pos)).item()
+        assert got == splitmix_reference(seed, step, stream, pos)
+
+
+def test_hashed_uniform_is_uniform_and_shape_independent():
+    u = hashed_uniform(torch.arange(1000).unsqueeze(1), 3, STREAM_TOKEN, torch.arange(200))  # (1000, 200)
+    assert u.min() >= 0 and u.max() < 1
+    assert u.mean().item() == pytest.approx(0.5, abs=0.002)
+    assert u.var().item() == pytest.approx(1 / 12, abs=0.001)
+    assert hashed_uniform(torch.tensor(17), 3, STREAM_TOKEN, torch.tensor(42)).item() == u[17, 42].item()
+
+
+def test_propose_draws_in_proportion_and_never_a_forbidden_id():
+    n = 200_000
+    logits = torch.tensor([math.log(0.5), math.log(0.3), math.log(0.2), float("-inf")]).expand(n, 4)
+    u = hashed_uniform(torch.tensor(0), 0, STREAM_TOKEN, torch.arange(n))
+    tokens, conf = propose(logits, u)
+    freq = torch.bincount(tokens, minlength=4).double() / n
+    assert freq.tolist() == pytest.approx([0.5, 0.3, 0.2, 0.0], abs=0.004)
+    assert conf[tokens == 1].unique().tolist() == pytest.approx([0.3])
+    top2 = torch.bincount(propose(logits, u, top_k=2)[0], minlength=4).double() / n
+    assert top2.tolist() == pytest.approx([0.625, 0.375, 0.0, 0.0], abs=0.004)
+    assert set(propose(logits, u, top_p=0.6)[0].unique().tolist()) == {0, 1}  # 0.5 < 0.6: needs the second id
+    assert propose(logits, u, top_p=0.5)[0].unique().tolist() == [0]
+    assert propose(logits, u, temperature=0.0)[0].unique().tolist() == [0]
+    cold = torch.bincount(propose(logits, u, temperature=0.5)[0], minlength=4).double() / n
+    p = torch.tensor([0.5, 0.3, 0.2]) ** 2
+    assert cold[:3].tolist() == pytest.approx((p / p.sum()).tolist(), abs=0.004)
