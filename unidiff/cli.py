@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from unidiff.errors import UnidiffError
@@ -86,9 +87,16 @@ def _positive(text: str) -> int:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"unidiff: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unidiff", description="Discrete diffusion for text, code, DNA and images.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = Parser(prog="unidiff", description="Discrete diffusion for text, code, DNA and images.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     t = sub.add_parser("train", help="train a model from a TOML config", description=(
         "Train (or resume: a run restarts from OUT_DIR/last when it exists) a denoiser from a config in configs/."))
@@ -133,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"unidiff: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning  # e.g. a broken plugin: one line, not a source listing
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

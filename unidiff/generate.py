@@ -164,8 +164,8 @@ class Pipeline:
             used = len(m.encode(prompt)) if segments else 0
             length = min(m.default_length, self.max_len - used)
             if length < 1:
-                raise UnidiffError(f"the prompt takes {used} tokens, the model's whole context of {self.max_len}: "
-                                   f"shorten the prompt")
+                raise UnidiffError(f"the prompt takes {used} tokens but the model's context is {self.max_len}, "
+                                   f"leaving no room to generate: shorten the prompt")
         elif length < 1:
             raise UnidiffError(f"--length must be at least 1; got {length}")
         segments.append(Segment(m.name, role="generate", length=length))

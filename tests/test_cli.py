@@ -1,0 +1,150 @@
+"""The ``unidiff`` command end to end on the shipped text model, and its answers to bad input.
+
+Most calls go through ``unidiff.cli.main`` in-process (fast); the bad-input checks run the real console script in
+a subprocess, because "one line on stderr, no traceback" is a property of the process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from unidiff import Pipeline
+from unidiff.cli import main
+from unidiff.evaluate import evaluate_model
+from unidiff.plugins import Registry
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def samples_of(stdout: str) -> list[str]:
+    parts = re.split(r"^===== sample \d+ \(seed \d+\) =====\n", stdout, flags=re.M)
+    return [p[:-1] if p.endswith("\n") else p for p in parts[1:]]
+
+
+def test_generate_prints_samples_and_reports_nfe(capsys):
+    code, out, err = run_main(capsys, "generate", "--num", "2", "--length", "24", "--steps", "6", "--seed", "3",
+                              "--prompt", "KING.\n")
+    assert code == 0
+    samples = samples_of(out)
+    assert len(samples) == 2
+    for s in samples:
+        assert s.startswith("KING.\n")
+        assert len(s.encode("utf-8", errors="surrogateescape")) >= len("KING.\n") + 20  # 24 bytes, some may merge
+    assert "NFE 6 per sample" in err and "tokens/s" in err
+    assert samples[0] != samples[1]  # seeds 3 and 4
+
+
+def test_generate_is_reproducible_and_seed_dependent(capsys):
+    args = ["generate", "--length", "32", "--steps", "8"]
+    a = run_main(capsys, *args, "--seed", "5")[1]
+    b = run_main(capsys, *args, "--seed", "5")[1]
+    c = run_main(capsys, *args, "--seed", "6")[1]
+    assert a == b and a != c
+
+
+def test_sample_in_a_batch_equals_sample_alone(capsys):
+    """--num 3 --seed 0 gives sample 2 with seed 2; the same as --num 1 --seed 2."""
+    batch = samples_of(run_main(capsys, "generate", "--num", "3", "--length", "20", "--steps", "5", "--seed", "0")[1])
+    alone = run_main(capsys, "generate", "--length", "20", "--steps", "5", "--seed", "2")[1]
+    assert batch[2] + "\n" == alone
+
+
+def test_generate_writes_out_file(capsys, tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    code, out, err = run_main(capsys, "generate", "--num", "2", "--length", "16", "--steps", "4",
+                              "--policy", "ancestral", "--out", str(target))
+    assert code == 0 and out == "" and f"wrote {target}" in err
+    assert target.read_text().count("\n") >= 2
+
+
+def test_python_api_matches_the_cli(capsys):
+    gen = Pipeline.load("text").complete("ROMEO\n", num=2, length=16, steps=4, seed=9)
+    assert gen.nfe == [4, 4] and gen.generated == [16, 16]
+    assert all(t.startswith("ROMEO\n") for t in gen.texts)
+    out = run_main(capsys, "generate", "--prompt", "ROMEO\n", "--num", "2", "--length", "16", "--steps", "4",
+                   "--seed", "9")[1]
+    assert samples_of(out) == gen.texts
+
+
+def test_eval_reports_held_out_bits(capsys):
+    code, out, _ = run_main(capsys, "eval", "--model", "text", "--windows", "4")
+    assert code == 0 and "held-out ELBO on shakespeare/valid (4 windows of 256 tokens" in out
+    bits = float(re.search(r"text: ([0-9.]+) bits/token", out).group(1))
+    result, info = evaluate_model("text", max_windows=4)
+    assert bits == pytest.approx(result.bits_per_token["text"], abs=1e-4)
+    assert 0.5 < bits < 8.0 and math.isfinite(bits)
+
+
+def test_plugins_lists_the_text_plugin(capsys):
+    code, out, _ = run_main(capsys, "plugins")
+    assert code == 0
+    assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; datasets: shakespeare; models: text$", out, re.M)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["eval"], ["plugins"]])
+def test_every_command_has_help(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main(command + ["--help"])
+    assert e.value.code == 0
+    assert "usage: unidiff" in capsys.readouterr().out
+
+
+def unidiff_cli(*args, env=None):
+    cmd = [sys.executable, "-m", "unidiff.cli", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("UNIDIFF_DISABLE_PLUGINS", None)
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def corrupt_models(tmp_path_factory):
+    """Copies of the shipped model: one with its weights cut in half, one with a garbled config.json."""
+    base = tmp_path_factory.mktemp("models")
+    src = Registry().model_path("text")
+    truncated, garbled = base / "truncated", base / "garbled"
+    shutil.copytree(src, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    shutil.copytree(src, garbled)
+    (garbled / "config.json").write_text('{"format": "unidiff-denoiser", "model": {"d_mod')
+    return truncated, garbled
+
+
+BAD_INPUTS = {
+    "unknown model": (["generate", "--model", "nosuch"], ["unknown model 'nosuch'", "known models: text"]),
+    "unknown modality": (["generate", "--modality", "dna"], ["unknown modality 'dna'", "known modalities: text"]),
+    "prompt too long": (["generate", "--prompt", "x" * 300], ["context is 256", "shorten the prompt"]),
+    "length too long": (["generate", "--prompt", "abc", "--length", "300"], ["ask for at most 253 tokens"]),
+    "unknown policy": (["generate", "--policy", "nosuch"], ["unknown policy 'nosuch'", "confidence"]),
+    "unknown --set key": (["train", "configs/text.toml", "--set", "train.nosuch=1"], ["train.nosuch"]),
+    "bad --length": (["generate", "--length", "0"], ["--length", "at least 1"]),
+    "truncated weights": (["generate", "--model", "{truncated}"], ["model.safetensors is corrupt or truncated"]),
+    "garbled config": (["eval", "--model", "{garbled}"], ["config.json is corrupt or truncated"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_one_error_line(case, corrupt_models):
+    args, needles = BAD_INPUTS[case]
+    truncated, garbled = corrupt_models
+    args = [a.format(truncated=truncated, garbled=garbled) for a in args]
+    proc = unidiff_cli(*args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("unidiff: error: ")
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]

@@ -1,0 +1,219 @@
+"""Segments, rows, padding and training windows, with expected ids written out by hand.
+
+Layout used throughout: {"abc": 3, "xy": 2} gives
+    0 PAD | 1 MASK | abc: BOS 2, EOS 3, content 4 5 6 | xy: BOS 7, EOS 8, content 9 10
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unidiff.data import Batch, Row, Segment, Windows, collate, encode_docs, encode_row
+from unidiff.errors import ModalityInputError, UnidiffError
+from unidiff.vocab import MASK, PAD, VocabLayout
+
+
+class Letters:
+    """A fake modality: a str over an alphabet, one local id per letter."""
+
+    default_length, file_suffix = 4, ".txt"
+
+    def __init__(self, name: str, alphabet: str):
+        self.name, self.alphabet, self.vocab_size = name, alphabet, len(alphabet)
+
+    def encode(self, content):
+        out = []
+        for i, ch in enumerate(content):
+            if ch not in self.alphabet:
+                raise ModalityInputError(f"{ch!r} at position {i} is not in {self.alphabet!r}")
+            out.append(self.alphabet.index(ch))
+        return out
+
+
+ABC, XY = Letters("abc", "abc"), Letters("xy", "xy")
+MODS = {"abc": ABC, "xy": XY}
+LAYOUT = VocabLayout({"xy": 2, "abc": 3})
+A_BOS, A_EOS, X_BOS, X_EOS = 2, 3, 7, 8
+a, b, c, x, y = 4, 5, 6, 9, 10
+
+
+def test_layout_is_as_documented():
+    assert (LAYOUT.block("abc").bos, LAYOUT.block("abc").start, LAYOUT.block("xy").bos, LAYOUT.block("xy").start,
+            LAYOUT.size) == (A_BOS, a, X_BOS, x, 11)
+
+
+# --- Segment -----------------------------------------------------------------------------------------------------
+
+def test_segment_bad_role():
+    with pytest.raises(UnidiffError, match="role must be one of given, generate; got 'prompt'"):
+        Segment("abc", "ab", role="prompt")
+
+
+@pytest.mark.parametrize("length", [None, 0, -3])
+def test_generate_segment_needs_positive_length(length):
+    with pytest.raises(UnidiffError, match=f"positive length; got {length!r}"):
+        Segment("abc", role="generate", length=length)
+
+
+def test_segment_defaults():
+    s = Segment("abc", "ab")
+    assert (s.role, s.length) == ("given", None)
+    assert Segment("abc", role="generate", length=1).length == 1
+
+
+# --- encode_row --------------------------------------------------------------------------------------------------
+
+def test_single_modality_row_has_no_markers():
+    row = encode_row([Segment("abc", "cab"), Segment("abc", role="generate", length=2)], LAYOUT, MODS)
+    assert row.ids.tolist() == [c, a, b, MASK, MASK]
+    assert row.modality.tolist() == [0] * 5
+    assert row.targets.tolist() == [False, False, False, True, True]
+    assert row.spans == [("abc", 0, 3, False), ("abc", 3, 5, True)]
+    assert row.ids.dtype == torch.long and row.modality.dtype == torch.long and row.targets.dtype == torch.bool
+
+
+def test_single_modality_of_second_block():
+    row = encode_row([Segment("xy", "yx")], LAYOUT, MODS)
+    assert row.ids.tolist() == [y, x]
+    assert row.modality.tolist() == [1, 1]
+    assert row.targets.tolist() == [False, False]
+    assert row.spans == [("xy", 0, 2, False)]
+
+
+def test_two_modality_row_markers_and_spans():
+    segs = [Segment("abc", "ba"), Segment("xy", role="generate", length=3), Segment("abc", "c")]
+    row = encode_row(segs, LAYOUT, MODS)
+    assert row.ids.tolist() == [A_BOS, b, a, A_EOS, X_BOS, MASK, MASK, MASK, X_EOS, A_BOS, c, A_EOS]
+    assert row.modality.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0]
+    # Markers are always given; only the generated run is a target.
+    assert row.targets.tolist() == [False] * 5 + [True] * 3 + [False] * 4
+    assert row.spans == [("abc", 1, 3, False), ("xy", 5, 8, True), ("abc", 10, 11, False)]
+    for mod, start, stop, _ in row.spans:
+        assert (row.modality[start:stop] == LAYOUT.index(mod)).all()
+
+
+def test_adjacent_same_modality_segments_join_into_one_run():
+    segs = [Segment("xy", "x"), Segment("abc", "ab"), Segment("abc", role="generate", length=2), Segment("abc", "c")]
+    row = encode_row(segs, LAYOUT, MODS)
+    # One BOS/EOS pair around the whole abc run, none between its segments.
+    assert row.ids.tolist() == [X_BOS, x, X_EOS, A_BOS, a, b, MASK, MASK, c, A_EOS]
+    assert row.modality.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert row.targets.tolist() == [False] * 6 + [True, True] + [False] * 2
+    assert row.spans == [("xy", 1, 2, False), ("abc", 4, 6, False), ("abc", 6, 8, True), ("abc", 8, 9, False)]
+
+
+def test_generate_segment_ignores_content():
+    row = encode_row([Segment("abc", "not letters!", role="generate", length=2)], LAYOUT, MODS)
+    assert row.ids.tolist() == [MASK, MASK]
+
+
+def test_encode_error_names_segment():
+    segs = [Segment("abc", "ab"), Segment("xy", "xy"), Segment("abc", "abz")]
+    with pytest.raises(ModalityInputError, match=r"^segment 2 \(abc\): 'z' at position 2 is not in 'abc'$"):
+        encode_row(segs, LAYOUT, MODS)
+
+
+def test_empty_sample():
+    with pytest.raises(UnidiffError, match="at least one segment"):
+        encode_row([], LAYOUT, MODS)
+
+
+def test_unknown_modality_segment():
+    with pytest.raises(UnidiffError, match="unknown modality 'rna'"):
+        encode_row([Segment("rna", "acgu")], LAYOUT, MODS)
+
+
+# --- collate -----------------------------------------------------------------------------------------------------
+
+def test_collate_right_pads():
+    r1 = encode_row([Segment("abc", "ab"), Segment("abc", role="generate", length=1)], LAYOUT, MODS)
+    r2 = encode_row([Segment("xy", "y"), Segment("abc", role="generate", length=2)], LAYOUT, MODS)
+    r3 = encode_row([Segment("xy", "x")], LAYOUT, MODS)
+    batch = collate([r1, r2, r3])
+    assert isinstance(batch, Batch)
+    assert batch.ids.tolist() == [
+        [a, b, MASK, PAD, PAD, PAD, PAD],
+        [X_BOS, y, X_EOS, A_BOS, MASK, MASK, A_EOS],
+        [x, PAD, PAD, PAD, PAD, PAD, PAD],
+    ]
+    assert batch.pad_mask.tolist() == [
+        [False] * 3 + [True] * 4,
+        [False] * 7,
+        [False] + [True] * 6,
+    ]
+    assert batch.targets.tolist() == [
+        [False, False, True] + [False] * 4,
+        [False] * 4 + [True, True, False],
+        [False] * 7,
+    ]
+    assert batch.modality[1].tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert batch.modality[2, 0].item() == 1
+    assert batch.positions.tolist() == [list(range(7))] * 3
+    assert batch.lengths.tolist() == [3, 7, 1]
+    assert not (batch.targets & batch.pad_mask).any()
+    moved = batch.to("cpu")
+    assert torch.equal(moved.ids, batch.ids) and torch.equal(moved.pad_mask, batch.pad_mask)
+
+
+def test_collate_single_row_has_no_padding():
+    r = Row(torch.tensor([a, b]), torch.tensor([0, 0]), torch.tensor([False, True]), [("abc", 0, 2, False)])
+    batch = collate([r])
+    assert batch.ids.tolist() == [[a, b]]
+    assert not batch.pad_mask.any()
+    assert batch.targets.tolist() == [[False, True]]
+
+
+# --- Windows -----------------------------------------------------------------------------------------------------
+
+def docs_of(*lengths):
+    """Documents whose tokens carry (document, offset) so a window's origin can be read back: id = 100*d + i."""
+    return [torch.arange(n) + 100 * (d + 1) for d, n in enumerate(lengths)]
+
+
+def test_encode_docs():
+    got = encode_docs(["ab", "cca"], ABC, LAYOUT)
+    assert [g.tolist() for g in got] == [[a, b], [c, c, a]]
+    with pytest.raises(ModalityInputError):
+        encode_docs(["ax"], ABC, LAYOUT)
+
+
+def test_windows_starts_never_cross_documents():
+    w = Windows(docs_of(5, 2, 4), length=3, modality_index=1)
+    # doc 0 at stream offsets 0..4 (starts 0,1,2); doc 1 at 5..6 (short: one start 5); doc 2 at 7..10 (starts 7,8).
+    assert w.starts.tolist() == [0, 1, 2, 5, 7, 8]
+    assert w.tile_starts.tolist() == [0, 5, 7]
+    assert w.num_tokens == 11
+    batch = w.batch(w.starts)
+    assert batch.ids.tolist() == [
+        [100, 101, 102], [101, 102, 103], [102, 103, 104],
+        [200, 201, PAD],
+        [300, 301, 302], [301, 302, 303],
+    ]
+    assert batch.pad_mask.tolist() == [[False] * 3] * 3 + [[False, False, True]] + [[False] * 3] * 2
+    assert torch.equal(batch.targets, ~batch.pad_mask)
+    assert (batch.modality == 1).all()
+    assert batch.positions.tolist() == [[0, 1, 2]] * 6
+
+
+def test_short_document_is_one_padded_window():
+    w = Windows(docs_of(2), length=5, modality_index=0)
+    assert w.starts.tolist() == [0]
+    batch = w.batch(w.starts)
+    assert batch.ids.tolist() == [[100, 101, PAD, PAD, PAD]]
+    assert batch.targets.tolist() == [[True, True, False, False, False]]
+    # The last document's padding does not read past the stream.
+    w2 = Windows(docs_of(6, 1), length=4, modality_index=0)
+    assert w2.batch(torch.tensor([6])).ids.tolist() == [[200, PAD, PAD, PAD]]
+
+
+def test_tiles_are_non_overlapping_from_each_document_start():
+    w = Windows(docs_of(9, 3, 7), length=3, modality_index=0)
+    batches = list(w.tiles(batch_size=2))
+    assert [bt.ids.shape[0] for bt in batches] == [2, 2, 2, 1]
+    ids = torch.cat([bt.ids for bt in batches]).tolist()
+    assert ids == [
+        [100, 101, 102], [103, 104, 105], [106, 107, 108],
+        [200, 201, 202],
+        [300, 301, 302], [303, 304, 305],
+    ] + [] or ids == []  # placeholder replaced below

@@ -1,0 +1,116 @@
+"""Masking schedules: boundary values, derivatives, ELBO weights by hand, and the normalisation of the ELBO.
+
+For any schedule, integral_0^1 w(t) (1 - alpha(t)) dt = integral_0^1 -alpha'(t) dt = alpha(0) - alpha(1) = 1:
+the ELBO of a position whose conditional NLL is a constant c (so every masking level costs c) is exactly c,
+whatever the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unidiff.errors import UnknownNameError
+from unidiff.schedules import SCHEDULES, Cosine, LogLinear, Polynomial, get_schedule
+
+SCHEDS = {
+    "linear": LogLinear(),
+    "cosine": Cosine(),
+    "poly2": Polynomial(2),
+    "poly3": Polynomial(3),
+}
+T = torch.tensor([0.05, 0.2, 0.37, 0.5, 0.81, 0.95], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", SCHEDS)
+def test_boundaries(name):
+    s = SCHEDS[name]
+    ends = s.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert ends[0].item() == pytest.approx(1.0, abs=1e-15)
+    assert ends[1].item() == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", SCHEDS)
+def test_dalpha_is_derivative(name):
+    s, h = SCHEDS[name], 1e-6
+    fd = (s.alpha(T + h) - s.alpha(T - h)) / (2 * h)
+    d = s.dalpha(T)
+    assert d.dtype == torch.float64 and d.shape == T.shape
+    torch.testing.assert_close(d, fd, rtol=1e-7, atol=1e-8)
+
+
+def test_closed_forms():
+    t = T
+    torch.testing.assert_close(SCHEDS["linear"].alpha(t), 1 - t)
+    torch.testing.assert_close(SCHEDS["linear"].dalpha(t), -torch.ones_like(t))
+    torch.testing.assert_close(SCHEDS["poly2"].alpha(t), 1 - t * t)
+    torch.testing.assert_close(SCHEDS["poly3"].dalpha(t), -3 * t * t)
+    torch.testing.assert_close(SCHEDS["cosine"].alpha(t), 1 - torch.cos(math.pi / 2 * (1 - t)))
+    # At t = 1/2 the cosine schedule has alpha = 1 - cos(pi/4) = 1 - 1/sqrt(2).
+    half = torch.tensor([0.5], dtype=torch.float64)
+    assert SCHEDS["cosine"].alpha(half).item() == pytest.approx(1 - 2 ** -0.5, abs=1e-15)
+    assert SCHEDS["cosine"].dalpha(half).item() == pytest.approx(-math.pi / 2 * 2 ** -0.5, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", SCHEDS)
+def test_weight_by_hand(name):
+    s = SCHEDS[name]
+    torch.testing.assert_close(s.weight(T), -s.dalpha(T) / (1 - s.alpha(T)))
+    assert (s.weight(T) > 0).all()
+
+
+def test_weight_closed_forms():
+    torch.testing.assert_close(LogLinear().weight(T), 1 / T)
+    for p in (2.0, 3.0, 0.5):
+        torch.testing.assert_close(Polynomial(p).weight(T), p / T)
+    # cosine: w = (pi/2) tan(pi/2 (1 - t))
+    torch.testing.assert_close(Cosine().weight(T), math.pi / 2 * torch.tan(math.pi / 2 * (1 - T)))
+    # weight vanishes at t = 1 for cosine (alpha' = 0 there), and is 1 for linear.
+    one = torch.tensor([1.0], dtype=torch.float64)
+    assert Cosine().weight(one).item() == pytest.approx(0.0, abs=1e-15)
+    assert LogLinear().weight(one).item() == 1.0
+
+
+@pytest.mark.parametrize("name", SCHEDS)
+def test_alpha_monotone_decreasing(name):
+    s = SCHEDS[name]
+    t = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    a = s.alpha(t)
+    assert (a[1:] < a[:-1]).all()
+    assert (s.dalpha(t[1:-1]) < 0).all()
+    assert ((a >= -1e-15) & (a <= 1 + 1e-15)).all()
+
+
+@pytest.mark.parametrize("name", SCHEDS)
+def test_elbo_weight_integrates_to_one(name):
+    """integral_{eps}^1 w(t) (1 - alpha(t)) dt = alpha(eps) - alpha(1), which is 1 up to O(eps)."""
+    s, eps, n = SCHEDS[name], 1e-6, 200_001
+    # Log-spaced near 0 so linear's 1/t weight is resolved; trapezoid rule on the product, which stays bounded.
+    t = torch.cat([torch.logspace(math.log10(eps), -2, n // 2, dtype=torch.float64),
+                   torch.linspace(1e-2, 1, n // 2, dtype=torch.float64)[1:]])
+    f = s.weight(t) * (1 - s.alpha(t))
+    integral = torch.trapezoid(f, t).item()
+    exact = (s.alpha(torch.tensor(eps, dtype=torch.float64)) - s.alpha(torch.tensor(1.0, dtype=torch.float64))).item()
+    assert integral == pytest.approx(exact, abs=1e-8)
+    assert integral == pytest.approx(1.0, abs=2e-6)
+    # The ELBO of a constant conditional NLL c is c, for any schedule.
+    c = 2.75
+    assert torch.trapezoid(f * c, t).item() == pytest.approx(c, abs=1e-5)
+
+
+def test_get_schedule():
+    assert isinstance(get_schedule("linear"), LogLinear)
+    assert isinstance(get_schedule("cosine"), Cosine)
+    p = get_schedule("polynomial", power=3)
+    assert isinstance(p, Polynomial) and p.power == 3.0
+    assert get_schedule("polynomial").power == 2.0
+    assert sorted(SCHEDULES) == ["cosine", "linear", "polynomial"]
+    for name, cls in SCHEDULES.items():
+        assert cls.name == name
+
+
+def test_get_schedule_unknown_lists_names():
+    with pytest.raises(UnknownNameError, match="unknown schedule 'geometric'; known schedules: cosine, linear, polynomial"):
+        get_schedule("geometric")
