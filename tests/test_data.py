@@ -208,12 +208,53 @@ def test_short_document_is_one_padded_window():
 
 
 def test_tiles_are_non_overlapping_from_each_document_start():
-    w = Windows(docs_of(9, 3, 7), length=3, modality_index=0)
-    batches = list(w.tiles(batch_size=2))
-    assert [bt.ids.shape[0] for bt in batches] == [2, 2, 2, 1]
+    w = Windows(docs_of(9, 3, 2, 7), length=3, modality_index=0)
+    batches = list(w.tiles(batch_size=4))
+    assert [bt.ids.shape[0] for bt in batches] == [4, 3]
     ids = torch.cat([bt.ids for bt in batches]).tolist()
+    # doc 0 tiles exactly; doc 1 is one window; doc 2 is one padded window; doc 3 (7 tokens) gives windows at 0 and 3
+    # only: its last token, 306, would need a window that does not fit, and tiling never starts one mid-way.
     assert ids == [
         [100, 101, 102], [103, 104, 105], [106, 107, 108],
         [200, 201, 202],
-        [300, 301, 302], [303, 304, 305],
-    ] + [] or ids == []  # placeholder replaced below
+        [300, 301, PAD],
+        [400, 401, 402], [403, 404, 405],
+    ]
+    pads = torch.cat([bt.pad_mask for bt in batches])
+    assert pads.sum().item() == 1 and pads[4, 2]
+    # max_windows truncates in the same order.
+    first = torch.cat([bt.ids for bt in w.tiles(batch_size=2, max_windows=3)]).tolist()
+    assert first == ids[:3]
+
+
+def test_sample_is_deterministic_and_draws_valid_starts():
+    w = Windows(docs_of(6, 2, 5), length=4, modality_index=0)
+    # Valid starts: doc 0 at 0..2, doc 1 (short) at 6, doc 2 at 8..9.
+    assert w.starts.tolist() == [0, 1, 2, 6, 8, 9]
+    s1 = w.sample(64, torch.Generator().manual_seed(7))
+    s2 = w.sample(64, torch.Generator().manual_seed(7))
+    assert torch.equal(s1.ids, s2.ids) and torch.equal(s1.pad_mask, s2.pad_mask)
+    s3 = w.sample(64, torch.Generator().manual_seed(8))
+    assert not torch.equal(s1.ids, s3.ids)
+    valid = {tuple(r) for r in w.batch(w.starts).ids.tolist()}
+    drawn = {tuple(r) for r in s1.ids.tolist()}
+    assert drawn <= valid
+    assert drawn == valid  # 64 uniform draws over 6 starts hit every one (fixed seed)
+    # The draw is exactly starts[randint(...)] with the same generator state.
+    idx = torch.randint(6, (64,), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(s1.ids, w.batch(w.starts[idx]).ids)
+    # Every window comes from one document: its first token's document is the document of all its tokens.
+    docs = torch.where(s1.pad_mask, -1, s1.ids // 100)
+    assert ((docs == docs[:, :1]) | s1.pad_mask).all()
+
+
+def test_empty_documents_are_skipped():
+    w = Windows([torch.tensor([], dtype=torch.long), torch.tensor([4, 5]), torch.tensor([], dtype=torch.long)], 3, 0)
+    assert w.starts.tolist() == [0] and w.num_tokens == 2
+    assert w.batch(w.starts).ids.tolist() == [[4, 5, PAD]]
+
+
+@pytest.mark.parametrize("docs", [[], [torch.tensor([], dtype=torch.long)]])
+def test_empty_dataset(docs):
+    with pytest.raises(UnidiffError, match="dataset is empty"):
+        Windows(docs, length=4, modality_index=0)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -90,6 +91,11 @@ def register_modalities(register):
 @hookimpl
 def register_datasets(register):
     register("quad-toy", quad_toy, modality="quad")
+
+
+@hookimpl
+def register_models(register):
+    register("quad-tiny", Path(__file__).parent / "model")  # filled by the test with a trained model
 '''
 
 BROKENPLUG = '''
@@ -547,3 +553,14 @@ def test_two_registries_on_one_manager_do_not_duplicate_provides(clean_env):
     reg = Registry(pm)
     assert reg.info["text"].provides["modalities"] == ["text"]
     assert reg.info["unidiff.policies"].provides["policies"] == ["ancestral", "confidence"]
+
+
+def test_plugin_ships_a_model_by_name(plugdirs, trained):
+    """A model registered through register_models is found by name, like the built-in text model."""
+    shutil.copytree(trained / "model", plugdirs["quad"] / "quadplug" / "model", dirs_exist_ok=True)
+    r = cli("generate", "--model", "quad-tiny", "--length", "12", "--steps", "3", path=[plugdirs["quad"]])
+    assert r.returncode == 0, show(r)
+    assert re.fullmatch(r"[ACGT]{12}\n", r.stdout), show(r)
+    assert "NFE 3 per sample" in r.stderr
+    r = cli("plugins", path=[plugdirs["quad"]])
+    assert "models: quad-tiny" in plugin_lines(r.stdout)["quad"]
