@@ -128,6 +128,8 @@ class Windows:
     """
 
     def __init__(self, docs: Sequence[torch.Tensor], length: int, modality_index: int):
+        if length < 1:
+            raise UnidiffError(f"window length must be at least 1; got {length}")
         docs = [d for d in docs if len(d)]
         if not docs:
             raise UnidiffError("the dataset is empty: no documents to train or evaluate on")

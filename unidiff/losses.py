@@ -40,7 +40,7 @@ def corrupt(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, targets: torc
     Returns:
         xt (B, L) and the bool mask of masked positions (B, L).
     """
-    p = (1.0 - schedule.alpha(t)).unsqueeze(1)  # (B, 1)
+    p = schedule.mask_prob(t).unsqueeze(1)  # (B, 1)
     u = torch.rand(x0.shape, generator=generator).to(x0.device)
     masked = (u < p) & targets
     return torch.where(masked, torch.full_like(x0, MASK), x0), masked

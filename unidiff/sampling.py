@@ -135,9 +135,9 @@ def step_budget(n_targets: torch.Tensor, steps: torch.Tensor, k: int, schedule: 
     S = steps.double().clamp(min=1)
     t = (1.0 - k / S).clamp(0, 1)
     s = (1.0 - (k + 1) / S).clamp(0, 1)
-    alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
-    p_unmask = ((alpha_s - alpha_t) / (1.0 - alpha_t).clamp(min=1e-12)).clamp(0, 1)
-    left = torch.floor(n_targets.double() * (1.0 - alpha_s) + 1e-6).long()
+    m_t, m_s = schedule.mask_prob(t), schedule.mask_prob(s)  # 1 - alpha, the masked fractions
+    p_unmask = ((m_t - m_s) / m_t.clamp(min=1e-12)).clamp(0, 1)
+    left = torch.floor(n_targets.double() * m_s + 1e-6).long()
     return p_unmask, left
 
 

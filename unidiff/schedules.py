@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from unidiff.errors import UnknownNameError
+from unidiff.errors import UnidiffError, UnknownNameError
 
 
 class Schedule:
@@ -23,9 +23,13 @@ class Schedule:
     def dalpha(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        """1 - alpha(t), computed directly: ``1 - alpha`` cancels to 0 for small t (inf weights, NaN gradients)."""
+        return 1.0 - self.alpha(t)
+
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         """ELBO weight -alpha'(t) / (1 - alpha(t)), >= 0."""
-        return -self.dalpha(t) / (1.0 - self.alpha(t))
+        return -self.dalpha(t) / self.mask_prob(t)
 
 
 class LogLinear(Schedule):
@@ -39,6 +43,9 @@ class LogLinear(Schedule):
     def dalpha(self, t):
         return -torch.ones_like(t)
 
+    def mask_prob(self, t):
+        return t
+
 
 class Cosine(Schedule):
     """alpha = 1 - cos(pi/2 (1 - t)) (MD4's cosine)."""
@@ -50,6 +57,9 @@ class Cosine(Schedule):
 
     def dalpha(self, t):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * (1.0 - t))
+
+    def mask_prob(self, t):
+        return torch.cos(0.5 * math.pi * (1.0 - t))
 
 
 class Polynomial(Schedule):
@@ -66,12 +76,18 @@ class Polynomial(Schedule):
     def dalpha(self, t):
         return -self.power * t ** (self.power - 1.0)
 
+    def mask_prob(self, t):
+        return t ** self.power
+
 
 SCHEDULES = {"linear": LogLinear, "cosine": Cosine, "polynomial": Polynomial}
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
+    if name not in SCHEDULES:
+        raise UnknownNameError("schedule", name, sorted(SCHEDULES))
     try:
         return SCHEDULES[name](**kwargs)
-    except KeyError:
-        raise UnknownNameError("schedule", name, sorted(SCHEDULES)) from None
+    except TypeError:
+        raise UnidiffError(f"schedule {name!r} takes no options {sorted(kwargs)}; only polynomial takes power=")
+
