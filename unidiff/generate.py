@@ -78,12 +78,14 @@ class Pipeline:
         modalities: name -> modality, as the checkpoint rebuilt them.
         config: the checkpoint's config.json contents.
         amp_dtype: autocast dtype for sampling (None: fp32).
+        registry: the plugins (policies are looked up there); a fresh `Registry()` if omitted.
     """
 
-    def __init__(self, model, modalities: dict, config: dict, amp_dtype: torch.dtype | None = None):
+    def __init__(self, model, modalities: dict, config: dict, amp_dtype: torch.dtype | None = None,
+                 registry: Registry | None = None):
         self.model, self.modalities, self.config, self.amp_dtype = model, modalities, config, amp_dtype
         self.layout: VocabLayout = model.layout
-        self.registry: Registry | None = None
+        self.registry = registry or Registry()  # where policies are looked up
 
     @classmethod
     def load(cls, model: str | Path = "text", device: str = "auto", precision: str = "auto",
@@ -92,9 +94,7 @@ class Pipeline:
         registry = registry or Registry()
         dev = resolve_device(device)
         net, modalities, config = load_model(model, registry, dev)
-        pipe = cls(net, modalities, config, resolve_precision(precision, dev))
-        pipe.registry = registry
-        return pipe
+        return cls(net, modalities, config, resolve_precision(precision, dev), registry)
 
     @property
     def max_len(self) -> int:
@@ -140,8 +140,7 @@ class Pipeline:
             temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
             schedule: time grid of the reverse process.
         """
-        registry = self.registry or Registry()
-        pol = registry.policy(policy)
+        pol = self.registry.policy(policy)
         rows = self.encode(samples)
         out = sample(self.model, collate(rows), pol, steps=steps, seeds=seed, temperature=temperature,
                      top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype)
