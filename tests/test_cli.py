@@ -68,6 +68,12 @@ def test_generate_writes_out_file(capsys, tmp_path):
     assert target.read_text().count("\n") >= 2
 
 
+def test_threshold_policy_takes_fewer_passes_than_tokens(capsys):
+    code, _, err = run_main(capsys, "generate", "--length", "64", "--policy", "threshold", "--threshold", "0.3")
+    nfe = int(re.search(r"NFE (\d+) per sample", err).group(1))
+    assert code == 0 and 1 <= nfe < 64
+
+
 def test_python_api_matches_the_cli(capsys):
     gen = Pipeline.load("text").complete("ROMEO\n", num=2, length=16, steps=4, seed=9)
     assert gen.nfe == [4, 4] and gen.generated == [16, 16]
@@ -129,6 +135,8 @@ BAD_INPUTS = {
     "unknown policy": (["generate", "--policy", "nosuch"], ["unknown policy 'nosuch'", "confidence"]),
     "unknown --set key": (["train", "configs/text.toml", "--set", "train.nosuch=1"], ["train.nosuch"]),
     "bad --length": (["generate", "--length", "0"], ["--length", "at least 1"]),
+    "stray --threshold": (["generate", "--threshold", "0.5"], ["--threshold goes with --policy threshold"]),
+    "bad threshold": (["generate", "--policy", "threshold", "--threshold", "2"], ["0 < threshold <= 1"]),
     "truncated weights": (["generate", "--model", "{truncated}"], ["model.safetensors is corrupt or truncated"]),
     "garbled config": (["eval", "--model", "{garbled}"], ["config.json is corrupt or truncated"]),
 }

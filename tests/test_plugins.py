@@ -460,7 +460,7 @@ class Extra:
 
     @hookimpl
     def register_policies(self, register):
-        register("leftmost", self.Leftmost())
+        register("leftmost", self.Leftmost)
 
 
 def test_plugin_manager_is_fresh_each_call(clean_env):
@@ -483,7 +483,8 @@ def test_registered_plugin_object_provides_modality_and_policy(clean_env):
     assert isinstance(m, Extra.Mod) and m.options() == {"width": 5}
     assert reg.modality("extra").options() == {"width": 1}
     assert reg.names("modalities") == sorted(reg.names("modalities"))
-    assert reg.names("policies") == ["ancestral", "confidence", "leftmost"]
+    assert reg.names("policies") == ["ancestral", "confidence", "entropy", "leftmost", "margin", "random",
+                                     "threshold"]
     assert reg.policy("leftmost").name == "leftmost"
     assert reg.owner[("modalities", "extra")] == "extra"
     text = reg.plugin_of("modalities", "text")
@@ -552,7 +553,8 @@ def test_two_registries_on_one_manager_do_not_duplicate_provides(clean_env):
     Registry(pm)
     reg = Registry(pm)
     assert reg.info["text"].provides["modalities"] == ["text"]
-    assert reg.info["unidiff.policies"].provides["policies"] == ["ancestral", "confidence"]
+    assert reg.info["unidiff.policies"].provides["policies"] == ["ancestral", "confidence", "entropy", "margin",
+                                                                 "random", "threshold"]
 
 
 def test_plugin_ships_a_model_by_name(plugdirs, trained):

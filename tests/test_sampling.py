@@ -12,6 +12,7 @@ from unidiff.data import Segment, collate, encode_row
 from unidiff.errors import UnidiffError
 from unidiff.modality import make_head
 from unidiff.model import Denoiser, ModelConfig
+from unidiff.plugins import Registry
 from unidiff.policies import Ancestral, Confidence
 from unidiff.sampling import (STREAM_POLICY, STREAM_TOKEN, hashed_uniform, propose, sample, step_budget)
 from unidiff.schedules import get_schedule
@@ -27,10 +28,11 @@ PROBS = torch.tensor([[0.90, 0.05, 0.05],   # position 0: symbol 0, confidence 0
 
 
 class FixedModel(nn.Module):
-    """Ignores its input: position i always predicts PROBS[i] over the 3 symbols of modality "abc"."""
+    """Ignores its input: position i always predicts probs[i] over the 3 symbols of modality "abc"."""
 
-    def __init__(self):
+    def __init__(self, probs=PROBS):
         super().__init__()
+        self.probs = probs
         self.layout = VocabLayout({"abc": 3})
         self.start = self.layout.block("abc").start
         self.anchor = nn.Parameter(torch.zeros(()))
@@ -40,7 +42,7 @@ class FixedModel(nn.Module):
 
     def logits(self, h, modality):
         out = torch.full((*h.shape[:-1], self.layout.size), float("-inf"), dtype=torch.float64)
-        out[..., self.start:self.start + 3] = PROBS[h[..., 0].long()].log()
+        out[..., self.start:self.start + 3] = self.probs[h[..., 0].long()].log()
         return out
 
 
@@ -250,3 +252,64 @@ def test_propose_draws_in_proportion_and_never_a_forbidden_id():
     cold = torch.bincount(propose(logits, u, temperature=0.5)[0], minlength=4).double() / n
     p = torch.tensor([0.5, 0.3, 0.2]) ** 2
     assert cold[:3].tolist() == pytest.approx((p / p.sum()).tolist(), abs=0.004)
+
+
+# --- every registered policy against a hand computation -------------------------------------------------------
+
+# Chosen so that confidence, margin and entropy rank the four positions in three different orders.
+RANKED = torch.tensor([[0.60, 0.20, 0.20],   # confidence 0.60, margin 0.40, entropy 0.950
+                       [0.50, 0.50, 0.00],   # confidence 0.50, margin 0.00, entropy 0.693
+                       [0.70, 0.15, 0.15],   # confidence 0.70, margin 0.55, entropy 0.819
+                       [0.30, 0.65, 0.05]],  # confidence 0.65, margin 0.35, entropy 0.791
+                      dtype=torch.float64)
+
+
+def commit_order(policy, **kwargs):
+    """Greedy decoding with the RANKED model: the positions committed at each step."""
+    _, states = trace(FixedModel(RANKED), fixed_batch(), policy, temperature=0.0, **kwargs)
+    order, prev = [], torch.full((4,), MASK)
+    for x in states:
+        order.append(((prev == MASK) & (x[0] != MASK)).nonzero().flatten().tolist())
+        prev = x[0].clone()
+    return order, states[-1][0].tolist()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("confidence", [[2], [3], [0], [1]]),  # 0.70 > 0.65 > 0.60 > 0.50
+    ("margin", [[2], [0], [3], [1]]),      # 0.55 > 0.40 > 0.35 > 0.00
+    ("entropy", [[1], [3], [2], [0]]),     # 0.693 < 0.791 < 0.819 < 0.950
+])
+def test_budgeted_policies_commit_in_their_order(name, expected):
+    order, final = commit_order(Registry().policy(name), steps=4)
+    assert order == expected
+    assert final == [4, 4, 4, 5]  # argmax symbols 0, 0 (tie: lowest id), 0, 1
+
+
+def test_random_policy_commits_the_highest_uniform_each_step():
+    seed = 3
+    order, _ = commit_order(Registry().policy("random"), steps=4, seeds=[seed])
+    left, expected = [0, 1, 2, 3], []
+    for k in range(4):
+        u = hashed_uniform(torch.tensor(seed), k, STREAM_POLICY, torch.arange(4))
+        pick = max(left, key=lambda i: (u[i].item(), -i))
+        expected.append([pick])
+        left.remove(pick)
+    assert order == expected
+
+
+@pytest.mark.parametrize("threshold, expected", [
+    (0.62, [[2, 3], [0], [1]]),     # 0.70 and 0.65 pass; then one at a time
+    (0.55, [[0, 2, 3], [1]]),
+    (0.95, [[2], [3], [0], [1]]),   # nothing passes: the most confident one each step
+    (0.50, [[0, 1, 2, 3]]),         # everything passes: one forward pass
+])
+def test_threshold_policy_adapts_the_number_of_steps(threshold, expected):
+    order, _ = commit_order(Registry().policy("threshold", threshold=threshold))
+    assert order == expected
+
+
+def test_policy_options_are_checked():
+    with pytest.raises(UnidiffError, match="threshold"):
+        Registry().policy("threshold", threshold=1.5)
+    with pytest.raises(UnidiffError, match="does not take the options"):
+        Registry().policy("confidence", threshold=0.5)

@@ -30,12 +30,20 @@ def cmd_train(args) -> None:
         print(f"held-out ELBO: {result.eval.summary()}", file=sys.stderr)
 
 
+def policy_options(args) -> dict:
+    if args.threshold is None:
+        return {}
+    if args.policy != "threshold":
+        raise UnidiffError(f"--threshold goes with --policy threshold, not --policy {args.policy}")
+    return {"threshold": args.threshold}
+
+
 def cmd_generate(args) -> None:
     from unidiff.generate import Pipeline
 
     pipe = Pipeline.load(args.model, device=args.device)
     gen = pipe.complete(args.prompt, modality=args.modality, num=args.num, length=args.length, steps=args.steps,
-                        policy=args.policy, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                        policy=args.policy, policy_options=policy_options(args), seed=args.seed, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p)
     modality = pipe.modality(args.modality)
     if args.out:
@@ -116,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--length", type=_positive, help="tokens to generate (default: the modality's default length, "
                                                      "cut to the model's context)")
     g.add_argument("--steps", type=_positive, help="sampling steps (default: one per generated token)")
-    g.add_argument("--policy", default="confidence", help="unmasking policy: confidence (default) or ancestral")
+    g.add_argument("--policy", default="confidence", help="unmasking policy: confidence (default), margin, entropy, "
+                   "random, ancestral, threshold, or a plugin's")
+    g.add_argument("--threshold", type=float, help="confidence threshold of --policy threshold (default 0.9)")
     g.add_argument("--seed", type=int, default=0, help="random seed; sample i uses seed + i (default 0)")
     g.add_argument("--temperature", type=float, default=1.0, help="proposal temperature, 0 = greedy (default 1)")
     g.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")

@@ -128,19 +128,21 @@ class Pipeline:
         return rows
 
     def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
-                 policy: str = "confidence", seed: int = 0, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, schedule: str = "linear") -> Generation:
+                 policy: str = "confidence", policy_options: dict | None = None, seed: int = 0,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 schedule: str = "linear") -> Generation:
         """Generate every 'generate' segment of every sample in one batch.
 
         Args:
             samples: one list of `Segment`s per output.
             steps: sampling steps per sample (None: one per generated token; fewer is faster).
             policy: unmasking policy name (``unidiff plugins`` lists them).
+            policy_options: keyword arguments of the policy's factory, e.g. ``{"threshold": 0.9}``.
             seed: sample i uses seed + i, so it is the same whether generated alone or in a batch.
             temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
             schedule: time grid of the reverse process.
         """
-        pol = self.registry.policy(policy)
+        pol = self.registry.policy(policy, **(policy_options or {}))
         rows = self.encode(samples)
         out = sample(self.model, collate(rows), pol, steps=steps, seeds=seed, temperature=temperature,
                      top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype)

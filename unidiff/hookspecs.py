@@ -27,4 +27,4 @@ def register_models(register):
 
 @hookspec
 def register_policies(register):
-    """Register unmasking policies: ``register(name, policy)``; see `unidiff.policies.Policy`."""
+    """Register unmasking policies: ``register(name, factory)``; ``factory(**options)`` returns a `Policy`."""

@@ -148,9 +148,13 @@ class Registry:
         path, _ = self._get("models", name)
         return Path(path)
 
-    def policy(self, name: str):
-        policy, _ = self._get("policies", name)
-        return policy
+    def policy(self, name: str, **options: Any):
+        """A new policy: the registered factory called with ``options`` (e.g. threshold=0.9)."""
+        factory, _ = self._get("policies", name)
+        try:
+            return factory(**options)
+        except TypeError as e:
+            raise UnidiffError(f"policy {name!r} does not take the options {sorted(options)}: {e}") from None
 
     def plugin_of(self, kind: str, name: str) -> PluginInfo | None:
         plugin = self.owner.get((kind, name))

@@ -1,22 +1,34 @@
 """Unmasking policies: which masked positions a sampling step commits.
 
-A policy sees one `StepContext` for the whole batch and returns a (B, L) bool mask of positions to commit; it
-must be a subset of ``ctx.masked``. Policies are registered by name through the ``register_policies`` hook (the
-core registers its own here, as any plugin would), so a plugin can add one without touching the sampler.
+A policy sees one `StepContext` for the whole batch and returns a (B, L) bool mask of positions to commit; the
+sampler keeps only masked positions of it. Policies are registered by name through the ``register_policies``
+hook as factories (``factory(**options)`` returns a policy; the core registers its own here, as any plugin would),
+so a plugin can add one without touching the sampler.
+
+Budgeted policies commit ``ctx.n_commit`` positions, the count that the schedule's time grid allows this step,
+ranked by a score (ties go to the leftmost position):
+
+- ``confidence`` (MaskGIT / LLaDA low-confidence remasking): the probability of the proposed token;
+- ``margin``: top-1 minus top-2 probability;
+- ``entropy``: the lowest entropy of the predicted distribution first;
+- ``random``: a uniformly random subset.
+
+Others decide the count themselves:
 
 - ``ancestral`` (MDLM): each masked position is revealed independently with the probability the reverse process
   gives, (alpha(s) - alpha(t)) / (1 - alpha(t)); the number committed per step is random.
-- ``confidence`` (MaskGIT / LLaDA low-confidence remasking): commit the ``n_commit`` masked positions whose
-  proposed token has the highest model probability; ties go to the leftmost position.
+- ``threshold`` (adaptive parallel decoding): every position whose confidence reaches ``threshold``, and at least
+  the most confident one, so the number of steps adapts to how sure the model is (at worst one token a step).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from unidiff.errors import UnidiffError
 from unidiff.hookspecs import hookimpl
 
 
@@ -28,6 +40,28 @@ class StepContext:
     n_commit: torch.Tensor  # (B,) long, how many positions the step budget asks to commit
     p_unmask: torch.Tensor  # (B,) probability that the reverse process reveals a masked position now
     uniform: torch.Tensor  # (B, L) uniforms in [0, 1), reproducible per row seed, step and position
+    probs: torch.Tensor | None = None  # (n, V) model distribution at the masked positions, in row-major order
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def _at_masked(self, values: torch.Tensor) -> torch.Tensor:
+        """(n,) values at the masked positions -> (B, L), zero elsewhere."""
+        out = torch.zeros(self.masked.shape, dtype=values.dtype, device=values.device)
+        out[self.masked] = values
+        return out
+
+    def margin(self) -> torch.Tensor:
+        """(B, L) top-1 minus top-2 probability at masked positions."""
+        if "margin" not in self._cache:
+            top2 = self.probs.topk(2, dim=-1).values
+            self._cache["margin"] = self._at_masked(top2[:, 0] - top2[:, 1])
+        return self._cache["margin"]
+
+    def entropy(self) -> torch.Tensor:
+        """(B, L) entropy (nats) of the predicted distribution at masked positions."""
+        if "entropy" not in self._cache:
+            p = self.probs
+            self._cache["entropy"] = self._at_masked(-(p * p.clamp(min=1e-30).log()).sum(-1))
+        return self._cache["entropy"]
 
 
 class Policy(Protocol):
@@ -39,7 +73,7 @@ class Policy(Protocol):
 
 def top_n(score: torch.Tensor, masked: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """Per row, the ``n[b]`` masked positions with the highest score (leftmost first on ties). (B, L) bool."""
-    score = torch.where(masked, score.float(), torch.full_like(score, float("-inf"), dtype=torch.float))
+    score = torch.where(masked, score.double(), torch.full_like(score, float("-inf"), dtype=torch.float64))
     order = torch.sort(score, dim=1, descending=True, stable=True).indices  # (B, L)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
                                             .expand_as(order).contiguous())
@@ -60,7 +94,50 @@ class Confidence:
         return top_n(ctx.confidence, ctx.masked, ctx.n_commit)
 
 
+class Margin:
+    name = "margin"
+
+    def commit(self, ctx: StepContext) -> torch.Tensor:
+        return top_n(ctx.margin(), ctx.masked, ctx.n_commit)
+
+
+class Entropy:
+    name = "entropy"
+
+    def commit(self, ctx: StepContext) -> torch.Tensor:
+        return top_n(-ctx.entropy(), ctx.masked, ctx.n_commit)
+
+
+class Random:
+    name = "random"
+
+    def commit(self, ctx: StepContext) -> torch.Tensor:
+        return top_n(ctx.uniform, ctx.masked, ctx.n_commit)
+
+
+class Threshold:
+    """Commit every masked position with confidence >= threshold, and at least the most confident one.
+
+    Args:
+        threshold: in (0, 1]; higher is more careful (more steps), lower is faster.
+    """
+
+    name = "threshold"
+
+    def __init__(self, threshold: float = 0.9):
+        if not 0.0 < threshold <= 1.0:
+            raise UnidiffError(f"the threshold policy needs 0 < threshold <= 1; got {threshold}")
+        self.threshold = threshold
+
+    def commit(self, ctx: StepContext) -> torch.Tensor:
+        sure = ctx.masked & (ctx.confidence >= self.threshold)
+        return sure | top_n(ctx.confidence, ctx.masked, torch.ones_like(ctx.n_commit))
+
+
+POLICIES = (Ancestral, Confidence, Entropy, Margin, Random, Threshold)
+
+
 @hookimpl
 def register_policies(register):
-    for policy in (Ancestral(), Confidence()):
-        register(policy.name, policy)
+    for factory in POLICIES:
+        register(factory.name, factory)

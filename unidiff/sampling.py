@@ -198,6 +198,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             logits = model.logits(h[where], batch.modality[rows][where]).float()  # (n_masked, V)
         u = hashed_uniform(seeds[rows][where[0]], k, STREAM_TOKEN, where[1])
         tok, conf = propose(logits, u, temperature, top_k, top_p)
+        probs = logits.double().softmax(-1)  # (n_masked, V), for policies that score whole distributions
         tokens = torch.full_like(xa, MASK)
         tokens[where] = tok
         confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
@@ -209,7 +210,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         n_masked = ma.sum(1)
         ctx = StepContext(masked=ma, tokens=tokens, confidence=confidence,
                           n_commit=(n_masked - left).clamp(min=0), p_unmask=p_unmask,
-                          uniform=hashed_uniform(seeds[rows].unsqueeze(1), k, STREAM_POLICY, positions))
+                          uniform=hashed_uniform(seeds[rows].unsqueeze(1), k, STREAM_POLICY, positions), probs=probs)
         commit = policy.commit(ctx) & ma
         last = (k + 1 >= steps[rows]).unsqueeze(1)  # the final step of a row commits all that is left
         commit = commit | (last & ma)
