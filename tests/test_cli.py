@@ -74,6 +74,11 @@ def test_threshold_policy_takes_fewer_passes_than_tokens(capsys):
     assert code == 0 and 1 <= nfe < 64
 
 
+def test_block_length_splits_the_steps_between_blocks(capsys):
+    code, _, err = run_main(capsys, "generate", "--length", "64", "--steps", "16", "--block-length", "16")
+    assert code == 0 and "NFE 16 per sample" in err  # 4 blocks, 4 steps each
+
+
 def test_python_api_matches_the_cli(capsys):
     gen = Pipeline.load("text").complete("ROMEO\n", num=2, length=16, steps=4, seed=9)
     assert gen.nfe == [4, 4] and gen.generated == [16, 16]

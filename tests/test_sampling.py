@@ -313,3 +313,33 @@ def test_policy_options_are_checked():
         Registry().policy("threshold", threshold=1.5)
     with pytest.raises(UnidiffError, match="does not take the options"):
         Registry().policy("confidence", threshold=0.5)
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (4, [[0], [1], [2], [3]]),  # blocks {0, 1} then {2, 3}, two steps each, by confidence inside a block
+    (2, [[0, 1], [2, 3]]),      # one step per block
+    (None, [[0], [1], [2], [3]]),
+])
+def test_block_order_decodes_left_to_right(steps, expected):
+    order, _ = commit_order(Confidence(), steps=steps, block_length=2)
+    assert order == expected
+
+
+def test_block_order_with_uneven_blocks_and_batch_invariance():
+    model = tiny_denoiser(4)
+    rows = rows_of(REQUESTS, model.layout)
+    states = []
+    together = sample(model, collate(rows), Confidence(), steps=8, seeds=0, block_length=4,
+                      callback=lambda k, r, x: states.append(x.clone()))
+    for b, row in enumerate(rows):
+        alone = sample(model, collate([row]), Confidence(), steps=8, seeds=[b], block_length=4)
+        assert torch.equal(alone.ids[0], together.ids[b, :len(row.ids)])
+    # 9 tokens: blocks 4, 4, 1 with ceil(8/3) = 3 steps each, capped at the block size: 3 + 3 + 1 passes;
+    # 4 tokens: one block, 4 steps; 17 tokens: blocks 4, 4, 4, 4, 1 with ceil(8/5) = 2 steps each: 9; 1 token: 1.
+    assert together.nfe.tolist() == [7, 4, 9, 1]
+    targets = collate(rows).targets[2].nonzero().flatten()
+    for x in states:  # nothing is committed beyond the block of the first still-masked target
+        generated = (x[2, targets] != MASK).nonzero().flatten()
+        still = (x[2, targets] == MASK).nonzero().flatten()
+        if len(still) and len(generated):
+            assert generated.max() < (still.min() // 4 + 1) * 4

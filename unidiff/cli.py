@@ -44,7 +44,7 @@ def cmd_generate(args) -> None:
     pipe = Pipeline.load(args.model, device=args.device)
     gen = pipe.complete(args.prompt, modality=args.modality, num=args.num, length=args.length, steps=args.steps,
                         policy=args.policy, policy_options=policy_options(args), seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p)
+                        top_p=args.top_p, block_length=args.block_length)
     modality = pipe.modality(args.modality)
     if args.out:
         out = Path(args.out)
@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0, help="proposal temperature, 0 = greedy (default 1)")
     g.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    g.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "
+                                                          "(semi-autoregressive, as LLaDA); default: one block")
     g.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     g.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     g.set_defaults(func=cmd_generate)

@@ -129,8 +129,8 @@ class Pipeline:
 
     def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
                  policy: str = "confidence", policy_options: dict | None = None, seed: int = 0,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 schedule: str = "linear") -> Generation:
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, schedule: str = "linear",
+                 block_length: int | None = None) -> Generation:
         """Generate every 'generate' segment of every sample in one batch.
 
         Args:
@@ -141,11 +141,13 @@ class Pipeline:
             seed: sample i uses seed + i, so it is the same whether generated alone or in a batch.
             temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
             schedule: time grid of the reverse process.
+            block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
         """
         pol = self.registry.policy(policy, **(policy_options or {}))
         rows = self.encode(samples)
         out = sample(self.model, collate(rows), pol, steps=steps, seeds=seed, temperature=temperature,
-                     top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype)
+                     top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype,
+                     block_length=block_length)
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
         return Generation(decoded, out.nfe.tolist(), out.generated.tolist(), out.seconds)

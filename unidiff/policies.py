@@ -46,7 +46,7 @@ class StepContext:
     def _at_masked(self, values: torch.Tensor) -> torch.Tensor:
         """(n,) values at the masked positions -> (B, L), zero elsewhere."""
         out = torch.zeros(self.masked.shape, dtype=values.dtype, device=values.device)
-        out[self.masked] = values
+        out[self.masked] = quantise(values)
         return out
 
     def margin(self) -> torch.Tensor:
@@ -62,6 +62,12 @@ class StepContext:
             p = self.probs
             self._cache["entropy"] = self._at_masked(-(p * p.clamp(min=1e-30).log()).sum(-1))
         return self._cache["entropy"]
+
+
+def quantise(score: torch.Tensor) -> torch.Tensor:
+    """Round scores to multiples of 2^-16, so that float rounding (a padded row vs the same row alone, one kernel
+    vs another) cannot reorder exact ties, e.g. the identical positions of an all-mask start; ties go leftmost."""
+    return torch.round(score * 2.0 ** 16) / 2.0 ** 16
 
 
 class Policy(Protocol):

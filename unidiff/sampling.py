@@ -14,6 +14,9 @@ grid of a schedule. Each step:
    ``floor(N (1 - alpha(s)))`` of the row's N target positions masked (confidence-style policies);
 4. writes the committed proposals. The last step commits every position still masked.
 
+With ``block_length`` (semi-autoregressive order, as in LLaDA) the targets of a row are cut, left to right, into
+blocks; only the current block is masked-and-decoded, with its own share of the steps and its own time grid.
+
 Randomness is counter-based: every uniform is a hash of (row seed, step, stream, position), so a row's tokens do
 not depend on which other rows share its batch, on padding, or on the device's RNG: row i of a batch equals the
 same row generated alone with the same seed. Rows may differ in length and number of steps; the loop does no
@@ -32,13 +35,12 @@ from unidiff.data import Batch
 from unidiff.device import autocast
 from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
-from unidiff.policies import Policy, StepContext
+from unidiff.policies import Policy, StepContext, quantise
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
 
 # Streams of the counter-based RNG: independent uniforms for the token draw and for the policy.
 STREAM_TOKEN, STREAM_POLICY = 1, 2
-CONFIDENCE_QUANTUM = 2.0 ** 16
 
 
 def _i64(x: int) -> int:
@@ -130,8 +132,9 @@ class SampleOutput:
         return float(self.generated.sum()) / max(self.seconds, 1e-9)
 
 
-def step_budget(n_targets: torch.Tensor, steps: torch.Tensor, k: int, schedule: Schedule):
-    """For rows with N targets and S steps at step k: (p_unmask, n_left_masked) after the step, as (B,) tensors."""
+def step_budget(n_targets: torch.Tensor, steps: torch.Tensor, k: int | torch.Tensor, schedule: Schedule):
+    """For rows with N targets and S steps at step k (an int, or one per row): (p_unmask, n_left_masked) after
+    the step, as (B,) tensors."""
     S = steps.double().clamp(min=1)
     t = (1.0 - k / S).clamp(0, 1)
     s = (1.0 - (k + 1) / S).clamp(0, 1)
@@ -145,6 +148,7 @@ def step_budget(n_targets: torch.Tensor, steps: torch.Tensor, k: int, schedule: 
 def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[int] | torch.Tensor | None = None,
            seeds: int | Sequence[int] | torch.Tensor = 0, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, schedule: Schedule | str = "linear", amp_dtype: torch.dtype | None = None,
+           block_length: int | None = None,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SampleOutput:
     """Generate the target positions of ``batch``.
 
@@ -159,6 +163,8 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         temperature, top_k, top_p: how proposals are drawn (temperature 0 = argmax).
         schedule: the time grid of the reverse process (a name or a `Schedule`).
         amp_dtype: autocast dtype for the forward passes (None: fp32).
+        block_length: semi-autoregressive order (LLaDA): the targets of a row, left to right, in blocks of this
+            many; a block is decoded (with an equal share of the steps) only after the previous one is complete.
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
     """
@@ -179,7 +185,17 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
     steps = torch.as_tensor(steps, dtype=torch.long, device=device).expand(B)
     if (steps < 1).any():
         raise UnidiffError(f"steps must be at least 1; got {steps.min().item()}")
-    steps = torch.minimum(steps, n_targets)
+    if block_length is not None and block_length < 1:
+        raise UnidiffError(f"block_length must be at least 1; got {block_length}")
+
+    # Blocks: the targets of a row, in position order, cut into runs of block_length (one block when None).
+    rank = targets.long().cumsum(1) - 1  # (B, L) index of each target within its row
+    size = block_length or max(L, 1)
+    block_of = torch.where(targets, rank // size, -1)  # (B, L)
+    n_blocks = (n_targets + size - 1) // size
+    block_steps = (steps + n_blocks - 1) // n_blocks.clamp(min=1)  # each block gets an equal share of the steps
+    current = torch.zeros(B, dtype=torch.long, device=device)  # the block each row is decoding
+    local = torch.zeros(B, dtype=torch.long, device=device)  # the step within that block
 
     x = torch.where(targets, MASK, batch.ids)
     nfe = torch.zeros(B, dtype=torch.long, device=device)
@@ -191,7 +207,8 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         rows = masked.any(1).nonzero().squeeze(1)  # rows still generating
         if len(rows) == 0:
             break
-        xa, ma = x[rows], masked[rows]  # (b, L)
+        in_block = block_of[rows] == current[rows].unsqueeze(1)  # (b, L)
+        xa, ma = x[rows], masked[rows] & in_block  # (b, L): only the current block is decoded
         with autocast(device, amp_dtype):
             h = model.features(xa, batch.modality[rows], batch.positions[rows], batch.pad_mask[rows])
             where = ma.nonzero(as_tuple=True)
@@ -202,20 +219,22 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         tokens = torch.full_like(xa, MASK)
         tokens[where] = tok
         confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
-        # Quantised so that float rounding (a padded row vs the same row alone, one kernel vs another) cannot
-        # reorder exact ties, e.g. the identical positions of an all-mask start; ties then go leftmost.
-        confidence[where] = torch.round(conf * CONFIDENCE_QUANTUM) / CONFIDENCE_QUANTUM
+        confidence[where] = quantise(conf)
 
-        p_unmask, left = step_budget(n_targets[rows], steps[rows], k, schedule)
-        n_masked = ma.sum(1)
+        n_block = (targets[rows] & in_block).sum(1)
+        s_block = torch.minimum(block_steps[rows], n_block)
+        p_unmask, left = step_budget(n_block, s_block, local[rows], schedule)
         ctx = StepContext(masked=ma, tokens=tokens, confidence=confidence,
-                          n_commit=(n_masked - left).clamp(min=0), p_unmask=p_unmask,
+                          n_commit=(ma.sum(1) - left).clamp(min=0), p_unmask=p_unmask,
                           uniform=hashed_uniform(seeds[rows].unsqueeze(1), k, STREAM_POLICY, positions), probs=probs)
         commit = policy.commit(ctx) & ma
-        last = (k + 1 >= steps[rows]).unsqueeze(1)  # the final step of a row commits all that is left
+        last = (local[rows] + 1 >= s_block).unsqueeze(1)  # a block's final step commits all it has left
         commit = commit | (last & ma)
         x[rows] = torch.where(commit, tokens, xa)
         nfe[rows] += 1
+        done = last.squeeze(1)
+        current[rows] += done.long()
+        local[rows] = torch.where(done, 0, local[rows] + 1)
         if callback is not None:
             callback(k, rows, x)
         k += 1
