@@ -79,6 +79,16 @@ def test_block_length_splits_the_steps_between_blocks(capsys):
     assert code == 0 and "NFE 16 per sample" in err  # 4 blocks, 4 steps each
 
 
+def test_infill_and_edit_commands(capsys):
+    code, out, err = run_main(capsys, "infill", "ROMEO\nO, <mask:12> art thou Romeo?", "--steps", "4")
+    assert code == 0 and out.startswith("ROMEO\nO, ") and out.endswith(" art thou Romeo?\n")
+    assert "NFE 4 per sample" in err
+    code, out, _ = run_main(capsys, "edit", "To be, or not to be", "--strength", "0")
+    assert code == 0 and out == "To be, or not to be\n"
+    code, out, err = run_main(capsys, "edit", "To be, or not to be", "--strength", "1", "--steps", "5")
+    assert code == 0 and out != "To be, or not to be\n" and "NFE 5 per sample" in err
+
+
 def test_python_api_matches_the_cli(capsys):
     gen = Pipeline.load("text").complete("ROMEO\n", num=2, length=16, steps=4, seed=9)
     assert gen.nfe == [4, 4] and gen.generated == [16, 16]
@@ -103,7 +113,7 @@ def test_plugins_lists_the_text_plugin(capsys):
     assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; datasets: shakespeare; models: text$", out, re.M)
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["eval"], ["plugins"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["infill"], ["edit"], ["eval"], ["plugins"]])
 def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as e:
         main(command + ["--help"])
@@ -141,6 +151,8 @@ BAD_INPUTS = {
     "unknown --set key": (["train", "configs/text.toml", "--set", "train.nosuch=1"], ["train.nosuch"]),
     "bad --length": (["generate", "--length", "0"], ["--length", "at least 1"]),
     "stray --threshold": (["generate", "--threshold", "0.5"], ["--threshold goes with --policy threshold"]),
+    "template without holes": (["infill", "no holes here"], ["no hole to fill", "<mask:N>"]),
+    "edit strength out of range": (["edit", "abc", "--strength", "1.5"], ["strength between 0 and 1"]),
     "bad threshold": (["generate", "--policy", "threshold", "--threshold", "2"], ["0 < threshold <= 1"]),
     "truncated weights": (["generate", "--model", "{truncated}"], ["model.safetensors is corrupt or truncated"]),
     "garbled config": (["eval", "--model", "{garbled}"], ["config.json is corrupt or truncated"]),

@@ -46,7 +46,7 @@ def test_layout_is_as_documented():
 # --- Segment -----------------------------------------------------------------------------------------------------
 
 def test_segment_bad_role():
-    with pytest.raises(UnidiffError, match="role must be one of given, generate; got 'prompt'"):
+    with pytest.raises(UnidiffError, match="role must be one of given, generate, edit; got 'prompt'"):
         Segment("abc", "ab", role="prompt")
 
 

@@ -1,4 +1,4 @@
-"""The ``unidiff`` command: train, generate, eval, plugins.
+"""The ``unidiff`` command: train, generate, infill, edit, eval, plugins.
 
 Every user error (`UnidiffError`) is printed as one line, ``unidiff: error: ...``, with exit status 2 and no
 traceback; generated content goes to stdout (or ``--out``), reports go to stderr.
@@ -38,14 +38,13 @@ def policy_options(args) -> dict:
     return {"threshold": args.threshold}
 
 
-def cmd_generate(args) -> None:
-    from unidiff.generate import Pipeline
+def sampling_options(args) -> dict:
+    return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length)
 
-    pipe = Pipeline.load(args.model, device=args.device)
-    gen = pipe.complete(args.prompt, modality=args.modality, num=args.num, length=args.length, steps=args.steps,
-                        policy=args.policy, policy_options=policy_options(args), seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, block_length=args.block_length)
-    modality = pipe.modality(args.modality)
+
+def emit(gen, modality, args) -> None:
+    """Samples to --out (in the modality's format) or stdout; the NFE and speed report to stderr."""
     if args.out:
         out = Path(args.out)
         try:
@@ -60,6 +59,31 @@ def cmd_generate(args) -> None:
                 print(f"===== sample {i} (seed {args.seed + i}) =====")
             print(content)
     print(gen.report(), file=sys.stderr)
+
+
+def cmd_generate(args) -> None:
+    from unidiff.generate import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    gen = pipe.complete(args.prompt, modality=args.modality, num=args.num, length=args.length,
+                        **sampling_options(args))
+    emit(gen, pipe.modality(args.modality), args)
+
+
+def cmd_infill(args) -> None:
+    from unidiff.generate import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    gen = pipe.infill(args.template, modality=args.modality, num=args.num, **sampling_options(args))
+    emit(gen, pipe.modality(args.modality), args)
+
+
+def cmd_edit(args) -> None:
+    from unidiff.generate import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    gen = pipe.edit(args.content, args.strength, modality=args.modality, num=args.num, **sampling_options(args))
+    emit(gen, pipe.modality(args.modality), args)
 
 
 def cmd_eval(args) -> None:
@@ -102,6 +126,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"unidiff: error: {message} (see {self.prog} --help)\n")
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The options generate, infill and edit share: model, number of samples, sampler, output."""
+    p.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
+    p.add_argument("--modality", help="modality to generate (default: the model's only one)")
+    p.add_argument("--num", type=_positive, default=1, help="number of samples (default 1)")
+    p.add_argument("--steps", type=_positive, help="sampling steps (default: one per generated token)")
+    p.add_argument("--policy", default="confidence", help="unmasking policy: confidence (default), margin, entropy, "
+                   "random, ancestral, threshold, or a plugin's")
+    p.add_argument("--threshold", type=float, help="confidence threshold of --policy threshold (default 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; sample i uses seed + i (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="proposal temperature, 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    p.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "
+                                                          "(semi-autoregressive, as LLaDA); default: one block")
+    p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="unidiff", description="Discrete diffusion for text, code, DNA and images.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
@@ -117,25 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate samples from a model", description=(
         "Generate NUM samples: the prompt (if any) followed by LENGTH generated tokens. Content goes to stdout "
         "or --out; the number of forward passes (NFE) and tokens/s go to stderr."))
-    g.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
     g.add_argument("--prompt", help="given content that the samples continue")
-    g.add_argument("--modality", help="modality to generate (default: the model's only one)")
-    g.add_argument("--num", type=_positive, default=1, help="number of samples (default 1)")
     g.add_argument("--length", type=_positive, help="tokens to generate (default: the modality's default length, "
                                                      "cut to the model's context)")
-    g.add_argument("--steps", type=_positive, help="sampling steps (default: one per generated token)")
-    g.add_argument("--policy", default="confidence", help="unmasking policy: confidence (default), margin, entropy, "
-                   "random, ancestral, threshold, or a plugin's")
-    g.add_argument("--threshold", type=float, help="confidence threshold of --policy threshold (default 0.9)")
-    g.add_argument("--seed", type=int, default=0, help="random seed; sample i uses seed + i (default 0)")
-    g.add_argument("--temperature", type=float, default=1.0, help="proposal temperature, 0 = greedy (default 1)")
-    g.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
-    g.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "
-                                                          "(semi-autoregressive, as LLaDA); default: one block")
-    g.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
-    g.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_sampling_arguments(g)
     g.set_defaults(func=cmd_generate)
+
+    f = sub.add_parser("infill", help="fill holes in a given text", description=(
+        "Fill every <mask:N> hole of TEMPLATE with N generated tokens, given everything around it, e.g. "
+        "unidiff infill $'ROMEO\\nO, <mask:12> art thou Romeo?'"))
+    f.add_argument("template", help="content with <mask:N> holes")
+    add_sampling_arguments(f)
+    f.set_defaults(func=cmd_infill)
+
+    d = sub.add_parser("edit", help="re-generate a fraction of a given text", description=(
+        "Re-mask a fraction STRENGTH of the tokens of CONTENT (chosen at random per seed) and generate them again "
+        "given the rest: strength 0 returns the input, 1 regenerates it entirely."))
+    d.add_argument("content", help="the content to edit")
+    d.add_argument("--strength", type=float, required=True, help="fraction of tokens to regenerate, 0 to 1")
+    add_sampling_arguments(d)
+    d.set_defaults(func=cmd_edit)
 
     e = sub.add_parser("eval", help="held-out ELBO of a model", description=(
         "Estimate the masked-diffusion ELBO (an upper bound on the NLL) in bits per token on the held-out split "

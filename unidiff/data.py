@@ -16,9 +16,10 @@ import torch
 
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff.modality import Modality
+from unidiff.rng import STREAM_EDIT, hashed_uniform
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-ROLES = ("given", "generate")
+ROLES = ("given", "generate", "edit")
 
 
 @dataclass
@@ -28,25 +29,30 @@ class Segment:
     Args:
         modality: registry name of the modality, e.g. "text".
         content: what the modality encodes (a str for text); for ``role="generate"`` it is ignored.
-        role: "given" (kept fixed) or "generate" (starts fully masked).
+        role: "given" (kept fixed), "generate" (starts fully masked) or "edit" (the content, of which a fraction
+            ``strength`` of the tokens is re-masked and generated again).
         length: number of tokens to generate (``role="generate"`` only).
+        strength: fraction of the content's tokens an edit re-generates: 0 keeps it, 1 regenerates all of it.
     """
 
     modality: str
     content: Any = None
     role: str = "given"
     length: int | None = None
+    strength: float | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise UnidiffError(f"segment role must be one of {', '.join(ROLES)}; got {self.role!r}")
         if self.role == "generate" and (self.length is None or self.length < 1):
             raise UnidiffError(f"a 'generate' segment needs a positive length; got {self.length!r}")
+        if self.role == "edit" and (self.strength is None or not 0.0 <= self.strength <= 1.0):
+            raise UnidiffError(f"an 'edit' segment needs a strength between 0 and 1; got {self.strength!r}")
 
 
 @dataclass
 class Row:
-    ids: torch.Tensor  # (L,) global ids, MASK where generated
+    ids: torch.Tensor  # (L,) global ids; MASK where generated, the original token where edited
     modality: torch.Tensor  # (L,) modality index
     targets: torch.Tensor  # (L,) bool, positions to generate
     spans: list[tuple[str, int, int, bool]]  # (modality, start, stop, generated) per segment
@@ -68,8 +74,22 @@ class Batch:
         return (~self.pad_mask).sum(1)
 
 
-def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Mapping[str, Modality]) -> Row:
-    """Encode one sample's segments into a row (raises a clear error on bad content)."""
+def edit_targets(n: int, strength: float, seed: int, offset: int) -> list[bool]:
+    """Which of an edited segment's n tokens to re-mask: round(strength * n) of them, chosen by the counter-based
+    RNG (seed, and the segment's offset in its row), so the choice is reproducible and batch-independent."""
+    k = round(strength * n)
+    u = hashed_uniform(torch.tensor(seed), 0, STREAM_EDIT, torch.arange(offset, offset + n))
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[torch.sort(u, stable=True).indices[:k]] = True
+    return chosen.tolist()
+
+
+def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Mapping[str, Modality],
+               seed: int = 0) -> Row:
+    """Encode one sample's segments into a row (raises a clear error on bad content).
+
+    ``seed`` picks the tokens that 'edit' segments re-mask.
+    """
     if not segments:
         raise UnidiffError("a sample needs at least one segment")
     markers = len({s.modality for s in segments}) > 1
@@ -77,19 +97,21 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
     prev = None
     for i, seg in enumerate(segments):
         block = layout.block(seg.modality)
-        if seg.role == "given":
+        if seg.role == "generate":
+            part, tgt = [MASK] * seg.length, [True] * seg.length
+        else:
             try:
                 local = modalities[seg.modality].encode(seg.content)
             except ModalityInputError as e:
                 raise ModalityInputError(f"segment {i} ({seg.modality}): {e}") from None
-            part, tgt = layout.to_global(seg.modality, local).tolist(), [False] * len(local)
-        else:
-            part, tgt = [MASK] * seg.length, [True] * seg.length
+            part = layout.to_global(seg.modality, local).tolist()
+            tgt = edit_targets(len(local), seg.strength, seed, len(ids)) if seg.role == "edit" \
+                else [False] * len(local)
         if markers and seg.modality != prev:
             if prev is not None:
                 ids.append(layout.block(prev).eos); mods.append(layout.index(prev)); tgts.append(False)
             ids.append(block.bos); mods.append(block.index); tgts.append(False)
-        spans.append((seg.modality, len(ids), len(ids) + len(part), seg.role == "generate"))
+        spans.append((seg.modality, len(ids), len(ids) + len(part), seg.role != "given"))
         ids += part; mods += [block.index] * len(part); tgts += tgt
         prev = seg.modality
     if markers:

@@ -12,6 +12,7 @@ than the model's context each raise a `UnidiffError` naming the problem and the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -110,20 +111,22 @@ class Pipeline:
         self.layout.block(name)  # raises, listing the model's modalities
         return self.modalities[name]
 
-    def encode(self, samples: Sequence[Sequence[Segment]]) -> list[Row]:
+    def encode(self, samples: Sequence[Sequence[Segment]], seed: int = 0) -> list[Row]:
+        """Encode and check the samples; sample i uses seed + i (for the tokens its edits re-mask)."""
         rows = []
         for i, segments in enumerate(samples):
             for seg in segments:
                 self.layout.block(seg.modality)
-            row = encode_row(segments, self.layout, self.modalities)
+            row = encode_row(segments, self.layout, self.modalities, seed=seed + i)
             if len(row.ids) > self.max_len:
                 given = int((~row.targets).sum())
                 raise UnidiffError(
                     f"sample {i} needs {len(row.ids)} positions ({given} given + {int(row.targets.sum())} to "
                     f"generate) but the model's context is {self.max_len}: shorten the prompt or ask for at most "
                     f"{max(self.max_len - given, 0)} tokens (--length)")
-            if not row.targets.any():
-                raise UnidiffError(f"sample {i} has nothing to generate: add a segment with role='generate'")
+            if all(seg.role == "given" for seg in segments):
+                raise UnidiffError(f"sample {i} has nothing to generate: add a segment with role 'generate' or "
+                                   f"'edit'")
             rows.append(row)
         return rows
 
@@ -144,7 +147,7 @@ class Pipeline:
             block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
         """
         pol = self.registry.policy(policy, **(policy_options or {}))
-        rows = self.encode(samples)
+        rows = self.encode(samples, seed)
         out = sample(self.model, collate(rows), pol, steps=steps, seeds=seed, temperature=temperature,
                      top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype,
                      block_length=block_length)
@@ -173,3 +176,46 @@ class Pipeline:
             raise UnidiffError(f"--length must be at least 1; got {length}")
         segments.append(Segment(m.name, role="generate", length=length))
         return self.generate([segments] * num, **kwargs)
+
+    def infill(self, template: str, *, modality: str | None = None, num: int = 1, **kwargs) -> Generation:
+        """Fill the holes of a template: ``<mask:N>`` marks N tokens to generate, anywhere and any number of times.
+
+        E.g. ``"ROMEO\\nO, <mask:20> art thou Romeo?"``. Other keyword arguments go to `generate`.
+        """
+        m = self.modality(modality)
+        segments = parse_holes(template, m.name)
+        if num < 1:
+            raise UnidiffError(f"--num must be at least 1; got {num}")
+        return self.generate([segments] * num, **kwargs)
+
+    def edit(self, content: Any, strength: float, *, modality: str | None = None, num: int = 1,
+             **kwargs) -> Generation:
+        """Re-generate a fraction ``strength`` of the tokens of ``content`` (0: unchanged, 1: all of them).
+
+        The tokens to re-mask are drawn at random (per sample seed); the rest of the content is the context.
+        """
+        m = self.modality(modality)
+        if num < 1:
+            raise UnidiffError(f"--num must be at least 1; got {num}")
+        return self.generate([[Segment(m.name, content, role="edit", strength=strength)]] * num, **kwargs)
+
+
+HOLE = re.compile(r"<mask:(\d+)>")
+
+
+def parse_holes(template: str, modality: str) -> list[Segment]:
+    """Split a template into given segments and ``<mask:N>`` holes of N tokens to generate."""
+    segments, pos = [], 0
+    for match in HOLE.finditer(template):
+        if match.start() > pos:
+            segments.append(Segment(modality, template[pos:match.start()]))
+        n = int(match.group(1))
+        if n < 1:
+            raise UnidiffError(f"hole {match.group(0)!r} at character {match.start()} must ask for at least 1 token")
+        segments.append(Segment(modality, role="generate", length=n))
+        pos = match.end()
+    if pos < len(template):
+        segments.append(Segment(modality, template[pos:]))
+    if not any(seg.role == "generate" for seg in segments):
+        raise UnidiffError("the template has no hole to fill: mark one with <mask:N>, e.g. 'To be, <mask:12> be'")
+    return segments

@@ -36,42 +36,9 @@ from unidiff.device import autocast
 from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
 from unidiff.policies import Policy, StepContext, quantise
+from unidiff.rng import STREAM_POLICY, STREAM_TOKEN, hashed_uniform
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
-
-# Streams of the counter-based RNG: independent uniforms for the token draw and for the policy.
-STREAM_TOKEN, STREAM_POLICY = 1, 2
-
-
-def _i64(x: int) -> int:
-    """An unsigned 64-bit constant as the signed int64 torch stores."""
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-_GOLDEN, _M1, _M2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
-
-
-def _srl(z: torch.Tensor, n: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (z >> n) & ((1 << (64 - n)) - 1)
-
-
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 tensors (multiplication wraps modulo 2**64)."""
-    z = (z ^ _srl(z, 30)) * _M1
-    z = (z ^ _srl(z, 27)) * _M2
-    return z ^ _srl(z, 31)
-
-
-def hashed_uniform(seed: torch.Tensor, step: int, stream: int, position: torch.Tensor) -> torch.Tensor:
-    """Uniforms in [0, 1) (float64, 53 random bits) that depend only on (seed, step, stream, position).
-
-    ``seed`` and ``position`` broadcast against each other.
-    """
-    z = _mix(seed.long() * _GOLDEN + (step * 4 + stream))
-    z = _mix(z ^ (position.long() * _M1 + _GOLDEN))
-    return _srl(z, 11).double() * 2.0 ** -53
-
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """(N, V) logits with everything outside the top-k ids and outside the top-p nucleus set to -inf."""
@@ -181,7 +148,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         seeds = seeds + torch.arange(B)
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=device).reshape(B)
     if steps is None:
-        steps = n_targets
+        steps = n_targets.clamp(min=1)
     steps = torch.as_tensor(steps, dtype=torch.long, device=device).expand(B)
     if (steps < 1).any():
         raise UnidiffError(f"steps must be at least 1; got {steps.min().item()}")
