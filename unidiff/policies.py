@@ -34,9 +34,12 @@ from unidiff.hookspecs import hookimpl
 
 @dataclass
 class StepContext:
-    masked: torch.Tensor  # (B, L) bool, still masked before this step
-    tokens: torch.Tensor  # (B, L) proposed clean tokens (valid where masked)
-    confidence: torch.Tensor  # (B, L) model probability of the proposed token (0 where not masked)
+    """What a policy sees at one step. ``may_commit`` is asked before the forward pass, when ``tokens``,
+    ``confidence`` and ``probs`` are still None; ``commit`` after it."""
+
+    masked: torch.Tensor  # (B, L) bool, still masked (in the current block) before this step
+    tokens: torch.Tensor | None  # (B, L) proposed clean tokens (valid where masked)
+    confidence: torch.Tensor | None  # (B, L) model probability of the proposed token (0 where not masked)
     n_commit: torch.Tensor  # (B,) long, how many positions the step budget asks to commit
     p_unmask: torch.Tensor  # (B,) probability that the reverse process reveals a masked position now
     uniform: torch.Tensor  # (B, L) uniforms in [0, 1), reproducible per row seed, step and position
@@ -64,10 +67,19 @@ class StepContext:
         return self._cache["entropy"]
 
 
+QUANTUM = 2.0 ** 16
+
+
 def quantise(score: torch.Tensor) -> torch.Tensor:
     """Round scores to multiples of 2^-16, so that float rounding (a padded row vs the same row alone, one kernel
     vs another) cannot reorder exact ties, e.g. the identical positions of an all-mask start; ties go leftmost."""
-    return torch.round(score * 2.0 ** 16) / 2.0 ** 16
+    return torch.round(score * QUANTUM) / QUANTUM
+
+
+def quantise_prob(p: torch.Tensor) -> torch.Tensor:
+    """`quantise` in log space, to a relative resolution of 2^-10 (0.1%), however small the probability (a large
+    vocabulary has tiny ones); differences below that are noise for ranking purposes."""
+    return torch.exp(torch.round(p.clamp(min=1e-300).log() * 2.0 ** 10) / 2.0 ** 10)
 
 
 class Policy(Protocol):
@@ -75,6 +87,14 @@ class Policy(Protocol):
 
     def commit(self, ctx: StepContext) -> torch.Tensor:
         """(B, L) bool: the positions to commit this step (a subset of ctx.masked)."""
+
+    # Optional: ``may_commit(ctx) -> (B,) bool``, asked before the forward pass; a row for which it is False
+    # skips this step's forward pass (its output cannot depend on the model). Without it every row runs.
+
+
+def has_budget(ctx: StepContext) -> torch.Tensor:
+    """(B,) bool: the schedule lets the row commit something this step (for policies that follow n_commit)."""
+    return ctx.n_commit > 0
 
 
 def top_n(score: torch.Tensor, masked: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -92,9 +112,14 @@ class Ancestral:
     def commit(self, ctx: StepContext) -> torch.Tensor:
         return ctx.masked & (ctx.uniform < ctx.p_unmask.unsqueeze(1))
 
+    def may_commit(self, ctx: StepContext) -> torch.Tensor:
+        return self.commit(ctx).any(1)  # the reveals do not depend on the model: known before the pass
+
 
 class Confidence:
     name = "confidence"
+
+    may_commit = staticmethod(has_budget)
 
     def commit(self, ctx: StepContext) -> torch.Tensor:
         return top_n(ctx.confidence, ctx.masked, ctx.n_commit)
@@ -103,6 +128,8 @@ class Confidence:
 class Margin:
     name = "margin"
 
+    may_commit = staticmethod(has_budget)
+
     def commit(self, ctx: StepContext) -> torch.Tensor:
         return top_n(ctx.margin(), ctx.masked, ctx.n_commit)
 
@@ -110,12 +137,16 @@ class Margin:
 class Entropy:
     name = "entropy"
 
+    may_commit = staticmethod(has_budget)
+
     def commit(self, ctx: StepContext) -> torch.Tensor:
         return top_n(-ctx.entropy(), ctx.masked, ctx.n_commit)
 
 
 class Random:
     name = "random"
+
+    may_commit = staticmethod(has_budget)
 
     def commit(self, ctx: StepContext) -> torch.Tensor:
         return top_n(ctx.uniform, ctx.masked, ctx.n_commit)

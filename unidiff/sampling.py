@@ -35,7 +35,7 @@ from unidiff.data import Batch
 from unidiff.device import autocast
 from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
-from unidiff.policies import Policy, StepContext, quantise
+from unidiff.policies import Policy, StepContext, quantise_prob
 from unidiff.rng import STREAM_POLICY, STREAM_TOKEN, hashed_uniform
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
@@ -56,27 +56,29 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def propose(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-            top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+            top_p: float = 1.0, probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of ``logits`` by inverse-CDF sampling.
 
     Args:
         logits: (N, V) float logits; -inf marks ids that may not be drawn.
         uniform: (N,) uniforms in [0, 1), one per draw.
         temperature: 0 takes the argmax (ties to the lowest id).
+        probs: ``logits.double().softmax(-1)`` if the caller has it already.
     Returns:
         (tokens, confidence): (N,) ids and their probability under the model (softmax of the raw logits).
     """
     logits = logits.double()
+    probs = logits.softmax(-1) if probs is None else probs
     if temperature == 0:
         tokens = logits.argmax(-1)
     else:
-        probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-        cdf = probs.cumsum(-1)
+        draw = probs if temperature == 1 and top_k == 0 and top_p == 1 else \
+            filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        cdf = draw.cumsum(-1)
         # First id whose cumulative mass exceeds u * total: ids of zero mass can never be drawn.
         tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-        tokens = torch.minimum(tokens, probs.gt(0).cumsum(-1).argmax(-1))  # guard u * total rounding up to total
-    confidence = logits.softmax(-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
-    return tokens, confidence
+        tokens = torch.minimum(tokens, draw.gt(0).cumsum(-1).argmax(-1))  # guard u * total rounding up to total
+    return tokens, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
 @dataclass
@@ -155,53 +157,61 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
     if block_length is not None and block_length < 1:
         raise UnidiffError(f"block_length must be at least 1; got {block_length}")
 
-    # Blocks: the targets of a row, in position order, cut into runs of block_length (one block when None).
+    # Blocks: the targets of a row, in position order, cut into runs of block_length (one block when None). The
+    # steps are shared out as evenly as possible (the first steps % n_blocks blocks get one more), at least one each.
     rank = targets.long().cumsum(1) - 1  # (B, L) index of each target within its row
     size = block_length or max(L, 1)
     block_of = torch.where(targets, rank // size, -1)  # (B, L)
-    n_blocks = (n_targets + size - 1) // size
-    block_steps = (steps + n_blocks - 1) // n_blocks.clamp(min=1)  # each block gets an equal share of the steps
+    n_blocks = ((n_targets + size - 1) // size).clamp(min=1)
     current = torch.zeros(B, dtype=torch.long, device=device)  # the block each row is decoding
     local = torch.zeros(B, dtype=torch.long, device=device)  # the step within that block
 
     x = torch.where(targets, MASK, batch.ids)
     nfe = torch.zeros(B, dtype=torch.long, device=device)
     positions = torch.arange(L, device=device)
+    may_commit = getattr(policy, "may_commit", None)
     start = time.perf_counter()
     k = 0
     while True:
         masked = targets & (x == MASK)
-        rows = masked.any(1).nonzero().squeeze(1)  # rows still generating
-        if len(rows) == 0:
+        live = masked.any(1)  # (B,) rows still generating
+        if not live.any():
             break
-        in_block = block_of[rows] == current[rows].unsqueeze(1)  # (b, L)
-        xa, ma = x[rows], masked[rows] & in_block  # (b, L): only the current block is decoded
-        with autocast(device, amp_dtype):
-            h = model.features(xa, batch.modality[rows], batch.positions[rows], batch.pad_mask[rows])
-            where = ma.nonzero(as_tuple=True)
-            logits = model.logits(h[where], batch.modality[rows][where]).float()  # (n_masked, V)
-        u = hashed_uniform(seeds[rows][where[0]], k, STREAM_TOKEN, where[1])
-        tok, conf = propose(logits, u, temperature, top_k, top_p)
-        probs = logits.double().softmax(-1)  # (n_masked, V), for policies that score whole distributions
-        tokens = torch.full_like(xa, MASK)
-        tokens[where] = tok
-        confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
-        confidence[where] = quantise(conf)
-
-        n_block = (targets[rows] & in_block).sum(1)
-        s_block = torch.minimum(block_steps[rows], n_block)
-        p_unmask, left = step_budget(n_block, s_block, local[rows], schedule)
-        ctx = StepContext(masked=ma, tokens=tokens, confidence=confidence,
-                          n_commit=(ma.sum(1) - left).clamp(min=0), p_unmask=p_unmask,
-                          uniform=hashed_uniform(seeds[rows].unsqueeze(1), k, STREAM_POLICY, positions), probs=probs)
-        commit = policy.commit(ctx) & ma
-        last = (local[rows] + 1 >= s_block).unsqueeze(1)  # a block's final step commits all it has left
-        commit = commit | (last & ma)
-        x[rows] = torch.where(commit, tokens, xa)
-        nfe[rows] += 1
-        done = last.squeeze(1)
-        current[rows] += done.long()
-        local[rows] = torch.where(done, 0, local[rows] + 1)
+        # The step's budget is known before the forward pass ...
+        in_block = block_of == current.unsqueeze(1)  # (B, L)
+        mb = masked & in_block  # only the current block is decoded
+        n_block = (targets & in_block).sum(1)
+        s_block = (steps // n_blocks + (current < steps % n_blocks).long()).clamp(min=1)
+        s_block = torch.minimum(s_block, n_block.clamp(min=1))
+        p_unmask, left = step_budget(n_block, s_block, local, schedule)
+        last = local + 1 >= s_block  # a block's final step commits all it has left
+        ctx = StepContext(masked=mb, tokens=None, confidence=None, n_commit=(mb.sum(1) - left).clamp(min=0),
+                          p_unmask=p_unmask, uniform=hashed_uniform(seeds.unsqueeze(1), k, STREAM_POLICY, positions))
+        # ... so a row whose policy would commit nothing this step skips the forward pass (it costs no NFE).
+        run = live & (last | may_commit(ctx)) if may_commit is not None else live
+        local = torch.where(live & ~run, local + 1, local)
+        rows = run.nonzero().squeeze(1)
+        if len(rows):
+            xa, ma = x[rows], mb[rows]  # (b, L)
+            with autocast(device, amp_dtype):
+                h = model.features(xa, batch.modality[rows], batch.positions[rows], batch.pad_mask[rows])
+                where = ma.nonzero(as_tuple=True)
+                logits = model.logits(h[where], batch.modality[rows][where]).float()  # (n_masked, V)
+            probs = logits.double().softmax(-1)  # (n_masked, V)
+            u = hashed_uniform(seeds[rows][where[0]], k, STREAM_TOKEN, where[1])
+            tok, conf = propose(logits, u, temperature, top_k, top_p, probs=probs)
+            tokens = torch.full_like(xa, MASK)
+            tokens[where] = tok
+            confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
+            confidence[where] = quantise_prob(conf)
+            step_ctx = StepContext(masked=ma, tokens=tokens, confidence=confidence, n_commit=ctx.n_commit[rows],
+                                   p_unmask=p_unmask[rows], uniform=ctx.uniform[rows], probs=probs)
+            commit = (policy.commit(step_ctx) | last[rows].unsqueeze(1)) & ma
+            x[rows] = torch.where(commit, tokens, xa)
+            nfe[rows] += 1
+            block_done = last[rows] | ~(ma & ~commit).any(1)  # a block may also finish before its last step
+            current[rows] += block_done.long()
+            local[rows] = torch.where(block_done, 0, local[rows] + 1)
         if callback is not None:
             callback(k, rows, x)
         k += 1
