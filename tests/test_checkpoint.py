@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import unidiff.checkpoint as ckpt
-from unidiff.checkpoint import atomic_dir, ensure_writable, load_model, recover, write_json
+from unidiff.checkpoint import atomic_dir, ensure_writable, load_model, recover
 from unidiff.config import Config, DataConfig, TrainConfig
 from unidiff.errors import CheckpointError, UnidiffError, UnknownNameError
 from unidiff.model import ModelConfig
@@ -192,14 +192,6 @@ def test_recover_leaves_existing_folder_alone(tmp_path):
 def test_recover_noop_when_nothing_there(tmp_path):
     recover(tmp_path / "last")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_write_json_is_atomic(tmp_path):
-    path = tmp_path / "x.json"
-    write_json(path, {"a": 1})
-    write_json(path, {"a": 2, "b": [1, 2]})
-    assert json.loads(path.read_text()) == {"a": 2, "b": [1, 2]}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
 def test_ensure_writable_error(tmp_path):

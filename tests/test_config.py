@@ -222,3 +222,19 @@ def test_cli_user_error_is_one_line_exit_2(args, needle):
 def test_string_key_takes_the_override_as_written():
     cfg = load_config(None, ["data.dataset=3", "train.out_dir=2024"])
     assert cfg.data.dataset == "3" and cfg.train.out_dir == "2024"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("model.n_heads=3", "must be a whole, even head size"),
+    ("model.n_heads=256", "must be a whole, even head size"),  # head size 1
+    ("train.eval_every=0", "train.eval_every must be positive"),
+    ("train.batch_size=0", "train.batch_size must be positive"),
+    ("train.ema=1.0", "train.ema must lie in [0, 1)"),
+    ("model.dropout=-0.1", "model.dropout must lie in [0, 1)"),
+    ("train.warmup=-1", "train.warmup must not be negative"),
+    ("data.seq_len=512", "data.seq_len 512 exceeds model.max_len 256"),
+])
+def test_values_out_of_range_are_refused(override, needle):
+    with pytest.raises(UnidiffError) as e:
+        load_config("configs/text.toml", [override])
+    assert needle in str(e.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -45,6 +47,13 @@ def test_edit_targets_are_nested_and_exact_in_number():
         assert all(b or not a for a, b in zip(small, big))
 
 
+def test_edit_rounds_half_up_and_refuses_empty_content(pipe):
+    assert sum(edit_targets(1, 0.5, seed=0, offset=0)) == 1
+    assert sum(edit_targets(5, 0.5, seed=0, offset=0)) == 3
+    with pytest.raises(UnidiffError, match="edit of empty content"):
+        pipe.edit("", 0.5)
+
+
 def test_edit_strength_zero_is_the_identity(pipe):
     gen = pipe.edit(TEXT, 0.0, num=3)
     assert gen.texts == [TEXT] * 3 and gen.nfe == [0, 0, 0]
@@ -57,7 +66,7 @@ def test_changed_fraction_grows_with_strength(pipe):
     for s in strengths:
         gen = pipe.edit(TEXT, s, num=8, seed=0, steps=8)
         diffs = [sum(a != b for a, b in zip(t.encode()[:n], TEXT.encode())) / n for t in gen.texts]
-        assert max(diffs) <= round(s * n) / n + 1e-9  # only re-masked tokens can change
+        assert max(diffs) <= math.floor(s * n + 0.5) / n + 1e-9  # only re-masked tokens can change
         changed.append(sum(diffs) / len(diffs))
     print("strength -> changed fraction:", dict(zip(strengths, [round(c, 3) for c in changed])))
     assert changed[0] == 0.0
@@ -69,7 +78,7 @@ def test_one_batch_serves_requests_of_different_shapes(pipe):
                [Segment("text", role="generate", length=3), Segment("text", " to be")],
                [Segment("text", TEXT, role="edit", strength=0.5)]]
     gen = pipe.generate(samples, steps=3, seed=1)
-    assert gen.generated == [10, 3, round(0.5 * len(TEXT))]
+    assert gen.generated == [10, 3, math.floor(0.5 * len(TEXT) + 0.5)]
     assert gen.texts[0].startswith("HAMLET\n") and gen.texts[1].endswith(" to be")
     alone = pipe.generate([samples[1]], steps=3, seed=2)  # sample 1 of the batch used seed 1 + 1
     assert alone.texts == [gen.texts[1]]

@@ -188,10 +188,11 @@ def test_heads_must_match_layout():
     assert list(m.heads) == ["dna", "text"]
 
 
-def test_d_model_divisible_by_heads():
-    cfg = ModelConfig(d_model=18, n_layers=1, n_heads=4)
-    heads = {"dna": nn.Linear(18, 4), "text": nn.Linear(18, 12)}
-    with pytest.raises(ValueError, match="d_model 18 is not divisible by n_heads 4"):
+@pytest.mark.parametrize("d_model, n_heads", [(18, 4), (12, 4)])  # not divisible; odd head size 3
+def test_head_size_must_be_whole_and_even(d_model, n_heads):
+    cfg = ModelConfig(d_model=d_model, n_layers=1, n_heads=n_heads)
+    heads = {"dna": nn.Linear(d_model, 4), "text": nn.Linear(d_model, 12)}
+    with pytest.raises(ValueError, match=f"d_model {d_model} / n_heads {n_heads} must be a whole, even head size"):
         Denoiser(cfg, LAYOUT, heads)
 
 

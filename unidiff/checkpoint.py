@@ -176,13 +176,6 @@ def load_model(name_or_path: str | Path, registry: Registry | None = None,
     return model.to(device).eval(), modalities, config
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def ensure_writable(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)

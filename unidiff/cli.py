@@ -135,7 +135,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="confidence", help="unmasking policy: confidence (default), margin, entropy, "
                    "random, ancestral, threshold, or a plugin's")
     p.add_argument("--threshold", type=float, help="confidence threshold of --policy threshold (default 0.9)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; sample i uses seed + i (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed; sample i uses seed + i (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="proposal temperature, 0 = greedy (default 1)")
     p.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
@@ -143,6 +143,16 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                                                           "(semi-autoregressive, as LLaDA); default: one block")
     p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2 ** 62:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**62, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
     e.add_argument("--windows", type=_positive, help="evaluate only the first N held-out windows (default: all)")
     e.add_argument("--samples", type=_positive, default=1, help="time samples per window (default 1)")
-    e.add_argument("--seed", type=int, default=1234, help="seed of the Monte-Carlo estimate (default 1234)")
+    e.add_argument("--seed", type=_seed, default=1234, help="seed of the Monte-Carlo estimate (default 1234)")
     e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     e.set_defaults(func=cmd_eval)
 

@@ -57,6 +57,35 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "Config":
+        """Check values that types alone do not; raises `UnidiffError` naming the key and the valid range."""
+        m, d, t = self.model, self.data, self.train
+        positive = {"model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
+                    "model.max_len": m.max_len, "data.seq_len": d.seq_len, "train.steps": t.steps,
+                    "train.batch_size": t.batch_size, "train.eval_every": t.eval_every,
+                    "train.eval_windows": t.eval_windows, "train.save_every": t.save_every, "train.lr": t.lr,
+                    "model.mlp_ratio": m.mlp_ratio, "model.rope_base": m.rope_base}
+        for key, value in positive.items():
+            if not value > 0:
+                raise UnidiffError(f"config key {key} must be positive; got {value}")
+        if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+            raise UnidiffError(f"model.d_model ({m.d_model}) / model.n_heads ({m.n_heads}) must be a whole, even "
+                               f"head size (rotary embeddings rotate pairs of dimensions)")
+        ranges = {"model.dropout": (m.dropout, 0, 1, False), "train.ema": (t.ema, 0, 1, False),
+                  "train.min_lr_ratio": (t.min_lr_ratio, 0, 1, True), "train.beta1": (t.beta1, 0, 1, False),
+                  "train.beta2": (t.beta2, 0, 1, False)}
+        for key, (value, lo, hi, closed) in ranges.items():
+            if not (lo <= value <= hi if closed else lo <= value < hi):
+                raise UnidiffError(f"config key {key} must lie in [{lo}, {hi}{']' if closed else ')'}; got {value}")
+        for key, value in {"train.warmup": t.warmup, "train.weight_decay": t.weight_decay,
+                           "train.grad_clip": t.grad_clip}.items():
+            if value < 0:
+                raise UnidiffError(f"config key {key} must not be negative; got {value}")
+        if d.seq_len > m.max_len:
+            raise UnidiffError(f"data.seq_len {d.seq_len} exceeds model.max_len {m.max_len}: raise max_len or "
+                               f"shorten the windows")
+        return self
+
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         cfg = cls()
@@ -125,4 +154,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if isinstance(getattr(sub, key, None), str) and not isinstance(value, str):
             value = text.split("=", 1)[1].strip()  # a string field takes the text as written: out_dir=2024
         _assign(sub, section, key, value)
-    return cfg
+    return cfg.validate()

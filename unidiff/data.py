@@ -9,6 +9,7 @@ Rows are right-padded into a `Batch`, so column j of a row is its own position j
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -75,9 +76,9 @@ class Batch:
 
 
 def edit_targets(n: int, strength: float, seed: int, offset: int) -> list[bool]:
-    """Which of an edited segment's n tokens to re-mask: round(strength * n) of them, chosen by the counter-based
+    """Which of an edited segment's n tokens to re-mask: strength * n of them, rounded half up, chosen by the counter-based
     RNG (seed, and the segment's offset in its row), so the choice is reproducible and batch-independent."""
-    k = round(strength * n)
+    k = math.floor(strength * n + 0.5)  # half rounds up: strength 0.5 of one token edits it
     u = hashed_uniform(torch.tensor(seed), 0, STREAM_EDIT, torch.arange(offset, offset + n))
     chosen = torch.zeros(n, dtype=torch.bool)
     chosen[torch.sort(u, stable=True).indices[:k]] = True
@@ -105,6 +106,8 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
             except ModalityInputError as e:
                 raise ModalityInputError(f"segment {i} ({seg.modality}): {e}") from None
             part = layout.to_global(seg.modality, local).tolist()
+            if seg.role == "edit" and not local:
+                raise UnidiffError(f"segment {i} ({seg.modality}) is an edit of empty content: give something to edit")
             tgt = edit_targets(len(local), seg.strength, seed, len(ids)) if seg.role == "edit" \
                 else [False] * len(local)
         if markers and seg.modality != prev:

@@ -117,18 +117,23 @@ class Pipeline:
         for i, segments in enumerate(samples):
             for seg in segments:
                 self.layout.block(seg.modality)
+            asked = sum(seg.length for seg in segments if seg.role == "generate")
+            if asked > self.max_len:  # refuse before allocating a row of that size
+                given = sum(len(self.modalities[s.modality].encode(s.content)) for s in segments if s.role == "given")
+                self._too_long(i, given + asked, given, asked)
             row = encode_row(segments, self.layout, self.modalities, seed=seed + i)
             if len(row.ids) > self.max_len:
-                given = int((~row.targets).sum())
-                raise UnidiffError(
-                    f"sample {i} needs {len(row.ids)} positions ({given} given + {int(row.targets.sum())} to "
-                    f"generate) but the model's context is {self.max_len}: shorten the prompt or ask for at most "
-                    f"{max(self.max_len - given, 0)} tokens (--length)")
+                self._too_long(i, len(row.ids), int((~row.targets).sum()), int(row.targets.sum()))
             if all(seg.role == "given" for seg in segments):
                 raise UnidiffError(f"sample {i} has nothing to generate: add a segment with role 'generate' or "
                                    f"'edit'")
             rows.append(row)
         return rows
+
+    def _too_long(self, i: int, total: int, given: int, asked: int):
+        raise UnidiffError(f"sample {i} needs {total} positions ({given} given + {asked} to generate) but the "
+                           f"model's context is {self.max_len}: shorten the prompt or ask for at most "
+                           f"{max(self.max_len - given, 0)} tokens (--length)")
 
     def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
                  policy: str = "confidence", policy_options: dict | None = None, seed: int = 0,
@@ -165,9 +170,10 @@ class Pipeline:
         m = self.modality(modality)
         if num < 1:
             raise UnidiffError(f"--num must be at least 1; got {num}")
-        segments = [Segment(m.name, prompt)] if prompt not in (None, "") else []
+        has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
+        segments = [Segment(m.name, prompt)] if has_prompt else []
         if length is None:
-            used = len(m.encode(prompt)) if segments else 0
+            used = len(m.encode(prompt)) if has_prompt else 0
             length = min(m.default_length, self.max_len - used)
             if length < 1:
                 raise UnidiffError(f"the prompt takes {used} tokens but the model's context is {self.max_len}, "

@@ -11,8 +11,6 @@ bound is reported per target token, in nats and in bits, per modality.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from unidiff.schedules import Schedule
@@ -59,7 +57,3 @@ def per_modality(terms: torch.Tensor, targets: torch.Tensor, modality: torch.Ten
     sums = torch.zeros(n_modalities, dtype=terms.dtype, device=terms.device).index_add_(0, idx, terms[targets])
     counts = torch.bincount(idx, minlength=n_modalities).to(terms.dtype)
     return sums, counts
-
-
-def bits(nats: float | torch.Tensor):
-    return nats / math.log(2.0)

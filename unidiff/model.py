@@ -45,8 +45,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
+            raise ValueError(f"d_model {cfg.d_model} / n_heads {cfg.n_heads} must be a whole, even head size "
+                             f"(rotary embeddings rotate pairs of dimensions)")
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -125,10 +126,10 @@ class Denoiser(nn.Module):
         out = h.new_full((*h.shape[:-1], self.layout.size), float("-inf"))
         for name, head in self.heads.items():
             b = self.layout.blocks[name]
-            sel = modality == b.index
             if len(self.heads) == 1:
                 out[..., b.start:b.stop] = head(h)
-            elif sel.any():
+            else:  # an empty selection is fine, and checking for one would cost a device sync per head
+                sel = modality == b.index
                 out[sel, b.start:b.stop] = head(h[sel]).to(out.dtype)
         return out
 

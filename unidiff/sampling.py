@@ -25,6 +25,7 @@ per-row Python work.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -137,7 +138,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
     """
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
         raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
                            f"top_p={top_p}, top_k={top_k}")
     schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule

@@ -71,6 +71,7 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
         modality, train_docs, eval_docs: train on these contents instead of the dataset named in ``cfg.data``.
     """
     t_start = time.time()
+    cfg.validate()
     registry = registry or Registry()
     tc = cfg.train
     if train_docs is None:
@@ -84,8 +85,6 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     ensure_writable(out)
 
     layout = VocabLayout({modality.name: modality.vocab_size})
-    if cfg.data.seq_len > cfg.model.max_len:
-        raise UnidiffError(f"data.seq_len {cfg.data.seq_len} exceeds model.max_len {cfg.model.max_len}")
     train_w = Windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout.index(modality.name))
     eval_w = Windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout.index(modality.name)) \
         if eval_docs else None
