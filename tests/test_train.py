@@ -157,7 +157,8 @@ def test_run_layout_log_and_figures(reference):
     raw = weights(out / "last")
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)
     state = torch.load(out / "last" / STATE, weights_only=True)
-    assert set(state) == {"step", "optimizer", "ema", "generator", "torch_rng"}
+    assert set(state) == {"step", "optimizer", "ema", "generator", "torch_rng", "last_eval"}
+    assert state["last_eval"]["nats_per_token"] == result.eval.nats_per_token
     for k, v in state["ema"].items():
         assert torch.equal(v, ema[k]), k
 
@@ -304,6 +305,10 @@ def test_crash_while_saving_last_keeps_previous_checkpoint(reference, registry, 
     assert result.step == N
     assert_same_weights(tmp_path / "last", reference[0] / "last")
     assert_same_weights(tmp_path / "model", reference[0] / "model")
+    # the eval at step N logged before the crash is dropped on resume and logged again once: the same log
+    assert read_log(tmp_path) == [{**r, "elapsed_s": read_log(tmp_path)[i]["elapsed_s"]}
+                                  for i, r in enumerate(read_log(reference[0]))]
+    assert figures(tmp_path / "model") == figures(reference[0] / "model")
 
 
 def test_crash_while_saving_model_keeps_previous_export(registry, tmp_path, monkeypatch):

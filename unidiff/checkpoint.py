@@ -53,7 +53,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # make the renames themselves durable
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens folders
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def recover(path: str | Path) -> None:
@@ -148,6 +160,7 @@ def load_weights(folder: Path, model: Denoiser) -> None:
 def resolve(name_or_path: str | Path, registry: Registry) -> Path:
     """A registered model name (e.g. "text") or a folder path -> the folder."""
     path = Path(name_or_path)
+    recover(path)  # a save interrupted between its two renames left the previous folder complete
     if path.is_dir():
         return path
     if str(name_or_path) in registry.names("models"):

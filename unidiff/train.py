@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,14 +102,15 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     generator = torch.Generator().manual_seed(tc.seed)
     step = 0
 
+    last_eval: EvalResult | None = None
     recover(out / "last")
     if (out / "last").exists():
-        step = _resume(out / "last", cfg, model, ema, opt, generator)
+        step, last_eval = _resume(out / "last", cfg, model, ema, opt, generator)
+        _truncate_log(out / "log.jsonl", step)
         print(f"resumed from {out / 'last'} at step {step}")
 
     modalities = {modality.name: modality}
     extra = {"training": cfg.to_dict()}
-    last_eval: EvalResult | None = None
     bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc="train", dynamic_ncols=True)
     model.train()
     while step < tc.steps:
@@ -152,11 +154,15 @@ def _save(out, model, ema, opt, generator, step, modalities, registry, extra, la
         write_model(tmp, ema, modalities, registry, extra={**extra, "figures": figures})
     with atomic_dir(out / "last") as tmp:
         write_model(tmp, model, modalities, registry, extra=extra)
-        torch.save({"step": step, "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, tmp / STATE)
+        state = {"step": step, "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "last_eval": vars(last_eval) if last_eval is not None else None}
+        if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save(state, tmp / STATE)
 
 
-def _resume(folder: Path, cfg: Config, model, ema, opt, generator) -> int:
+def _resume(folder: Path, cfg: Config, model, ema, opt, generator) -> tuple[int, EvalResult | None]:
     saved = read_config(folder).get("training", {})
     now = cfg.to_dict()
     for section in ("model", "data"):
@@ -173,4 +179,18 @@ def _resume(folder: Path, cfg: Config, model, ema, opt, generator) -> int:
     ema.load_state_dict(state["ema"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    last_eval = EvalResult(**state["last_eval"]) if state.get("last_eval") else None
+    return int(state["step"]), last_eval
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records past the resumed step (a crash after an evaluation but before its checkpoint), so the
+    log of a resumed run reads like that of an uninterrupted one."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    os.replace(tmp, path)
