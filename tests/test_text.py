@@ -7,7 +7,7 @@ import pytest
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff_text import TextModality
 from unidiff_text.corpus import HELD_OUT, clean, play_files, shakespeare
-from unidiff_text.metrics import word_validity, words
+from unidiff_text.metrics import distinct_words, word_validity, words
 
 
 def test_bytes_round_trip_any_string():
@@ -56,3 +56,7 @@ def test_held_out_plays_score_high_and_noise_scores_low():
     held = "\n".join(shakespeare("valid"))
     assert word_validity([held]) == pytest.approx(0.948, abs=0.001)  # unseen plays bring unseen names
     assert word_validity(["xq zzkv bfrw qqt plmn wxyz"]) == 0.0
+
+
+def test_distinct_words_by_hand():
+    assert distinct_words(["you your you your you", "to be or not to be"]) == pytest.approx((2 / 5 + 4 / 6) / 2)

@@ -3,7 +3,9 @@
 ``word_validity``: the fraction of the words in a text that occur in the training plays' vocabulary. Held-out
 Shakespeare scores 0.948 (new plays bring new names and rare words); byte soup scores near 0. It is crude
 but independent of the model being measured, cheap, and it moves with what a reader notices first: whether the
-words are words.
+words are words. A sampler can game it by repeating common words ("you your you"), so it is read beside
+``distinct_words``: the mean fraction of distinct words within a sample, against held-out windows of the same
+length.
 
     python -m unidiff_text.metrics --model text --num 32 --length 256 --steps 64 --policy confidence
 """
@@ -37,9 +39,23 @@ def word_validity(texts: Iterable[str], vocab: frozenset[str] | None = None) -> 
     return sum(found) / len(found) if found else 0.0
 
 
+def distinct_words(texts: Iterable[str]) -> float:
+    """Mean over texts of (distinct words / words): low when a sample repeats itself."""
+    ratios = [len(set(ws)) / len(ws) for ws in map(words, texts) if ws]
+    return sum(ratios) / len(ratios) if ratios else 0.0
+
+
+def held_out_windows(length: int, n: int = 256) -> list[str]:
+    """n evenly spaced byte windows of the held-out plays (the reference for a sample of that length)."""
+    from unidiff_text.corpus import shakespeare
+
+    data = "\n".join(shakespeare("valid")).encode()
+    stride = max((len(data) - length) // n, 1)
+    return [data[i:i + length].decode("utf-8", errors="replace") for i in range(0, stride * n, stride)]
+
+
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
-    from unidiff_text.corpus import shakespeare
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.metrics", description="Word validity of samples.")
     p.add_argument("--model", default="text")
@@ -48,20 +64,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, nargs="*", default=[None])
     p.add_argument("--policy", nargs="*", default=["confidence"])
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--block-length", type=int)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    held = "\n".join(shakespeare("valid"))
-    print(f"held-out plays: word validity {word_validity([held]):.3f}")
+    ref = held_out_windows(args.length)
     pipe = Pipeline.load(args.model)
-    print("| policy | steps | NFE/sample | tokens/s | word validity |")
-    print("|---|---|---|---|---|")
+    print("| policy | steps | NFE/sample | tokens/s | word validity | distinct words |")
+    print("|---|---|---|---|---|---|")
+    print(f"| held-out text | - | - | - | {word_validity(ref):.3f} | {distinct_words(ref):.3f} |")
     for policy in args.policy:
         for steps in args.steps:
             gen = pipe.complete(None, num=args.num, length=args.length, steps=steps, policy=policy,
-                                seed=args.seed, temperature=args.temperature)
+                                seed=args.seed, temperature=args.temperature, block_length=args.block_length)
             nfe = sum(gen.nfe) / len(gen.nfe)
             print(f"| {policy} | {steps or args.length} | {nfe:.1f} | {gen.tokens_per_second:.0f} | "
-                  f"{word_validity(gen.texts):.3f} |")
+                  f"{word_validity(gen.texts):.3f} | {distinct_words(gen.texts):.3f} |")
 
 
 if __name__ == "__main__":
