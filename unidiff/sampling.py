@@ -4,8 +4,9 @@ Every position to generate starts as MASK; given positions (a prompt, the other 
 change. Step k of a row with S steps walks the reverse process from t = 1 - k/S to s = 1 - (k+1)/S on the time
 grid of a schedule. Each step:
 
-1. runs the denoiser on the rows that still have masks (finished rows drop out of the batch), and computes
-   logits only at masked positions;
+1. runs the denoiser on the rows that still have masks (finished rows drop out of the batch) and whose policy
+   may commit something this step (the budget is known before the pass, so a step that would commit nothing
+   costs nothing), and computes logits only at masked positions;
 2. proposes a clean token at every masked position: a draw from the model's distribution after temperature,
    top-k and top-p (temperature 0: the argmax), with its model probability as the *confidence*;
 3. asks the unmasking policy which masked positions to commit. The schedule gives two budgets a policy may use:
@@ -19,8 +20,9 @@ blocks; only the current block is masked-and-decoded, with its own share of the 
 
 Randomness is counter-based: every uniform is a hash of (row seed, step, stream, position), so a row's tokens do
 not depend on which other rows share its batch, on padding, or on the device's RNG: row i of a batch equals the
-same row generated alone with the same seed. Rows may differ in length and number of steps; the loop does no
-per-row Python work.
+same row generated alone with the same seed (up to the model's own float rounding between a padded and an
+unpadded row, against which confidences are quantised so that exact ties stay ties). Rows may differ in length
+and number of steps; the loop does no per-row Python work.
 """
 
 from __future__ import annotations
