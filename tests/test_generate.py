@@ -92,3 +92,13 @@ def test_requests_beyond_the_context_are_refused(pipe):
     with pytest.raises(UnidiffError, match="unknown modality 'dna'"):
         pipe.generate([[Segment("dna", role="generate", length=4)]])
     assert torch.is_grad_enabled()  # generation does not leak no_grad into the caller
+
+
+def test_the_model_recommends_its_sampling_settings(pipe):
+    rec = pipe.sampling
+    assert rec["policy"] == "ancestral" and rec["temperature"] == 0.6 and rec["steps_per_token"] == 0.25
+    gen = pipe.complete(None, num=2, length=40, seed=0)  # 40 * 0.25 = 10 steps at most (ancestral may skip)
+    assert all(1 <= n <= 10 for n in gen.nfe)
+    explicit = pipe.complete(None, num=2, length=40, seed=0, policy="ancestral", temperature=0.6, steps=10)
+    assert explicit.texts == gen.texts
+    assert pipe.complete(None, length=40, policy="confidence").nfe == [10]  # the recommended steps still apply

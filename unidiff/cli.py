@@ -33,7 +33,7 @@ def cmd_train(args) -> None:
 def policy_options(args) -> dict:
     if args.threshold is None:
         return {}
-    if args.policy != "threshold":
+    if args.policy != "threshold":  # None (the model's default) included
         raise UnidiffError(f"--threshold goes with --policy threshold, not --policy {args.policy}")
     return {"threshold": args.threshold}
 
@@ -131,12 +131,14 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
     p.add_argument("--modality", help="modality to generate (default: the model's only one)")
     p.add_argument("--num", type=_positive, default=1, help="number of samples (default 1)")
-    p.add_argument("--steps", type=_positive, help="sampling steps (default: one per generated token)")
-    p.add_argument("--policy", default="confidence", help="unmasking policy: confidence (default), margin, entropy, "
-                   "random, ancestral, threshold, or a plugin's")
+    p.add_argument("--steps", type=_positive, help="sampling steps (default: the model's recommendation, else one "
+                                                    "per generated token)")
+    p.add_argument("--policy", help="unmasking policy: confidence, margin, entropy, random, ancestral, threshold, or "
+                                    "a plugin's (default: the model's recommendation, else confidence)")
     p.add_argument("--threshold", type=float, help="confidence threshold of --policy threshold (default 0.9)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed; sample i uses seed + i (default 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="proposal temperature, 0 = greedy (default 1)")
+    p.add_argument("--temperature", type=float, help="proposal temperature, 0 = greedy (default: the model's "
+                                                      "recommendation, else 1)")
     p.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
     p.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "

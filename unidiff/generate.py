@@ -12,6 +12,7 @@ than the model's context each raise a `UnidiffError` naming the problem and the 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,9 @@ class Pipeline:
         self.model, self.modalities, self.config, self.amp_dtype = model, modalities, config, amp_dtype
         self.layout: VocabLayout = model.layout
         self.registry = registry or Registry()  # where policies are looked up
+        # The model's recommended sampling settings (see generate), over the engine's own defaults.
+        self.sampling = {"policy": "confidence", "temperature": 1.0, "steps_per_token": None,
+                         **config.get("sampling", {})}
 
     @classmethod
     def load(cls, model: str | Path = "text", device: str = "auto", precision: str = "auto",
@@ -136,14 +140,18 @@ class Pipeline:
                            f"{max(self.max_len - given, 0)} tokens (--length)")
 
     def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
-                 policy: str = "confidence", policy_options: dict | None = None, seed: int = 0,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, schedule: str = "linear",
+                 policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
+                 temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str = "linear",
                  block_length: int | None = None) -> Generation:
         """Generate every 'generate' segment of every sample in one batch.
 
+        ``steps``, ``policy`` and ``temperature`` left as None take the model's recommended sampling settings (the
+        ``"sampling"`` entry of its config.json, chosen from measurements), else one step per token, the
+        confidence policy and temperature 1.
+
         Args:
             samples: one list of `Segment`s per output.
-            steps: sampling steps per sample (None: one per generated token; fewer is faster).
+            steps: sampling steps per sample (fewer is faster).
             policy: unmasking policy name (``unidiff plugins`` lists them).
             policy_options: keyword arguments of the policy's factory, e.g. ``{"threshold": 0.9}``.
             seed: sample i uses seed + i, so it is the same whether generated alone or in a batch.
@@ -151,8 +159,12 @@ class Pipeline:
             schedule: time grid of the reverse process.
             block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
         """
-        pol = self.registry.policy(policy, **(policy_options or {}))
+        rec = self.sampling
+        pol = self.registry.policy(policy or rec["policy"], **(policy_options or {}))
+        temperature = rec["temperature"] if temperature is None else temperature
         rows = self.encode(samples, seed)
+        if steps is None and rec.get("steps_per_token"):
+            steps = [max(1, math.ceil(int(r.targets.sum()) * rec["steps_per_token"])) for r in rows]
         out = sample(self.model, collate(rows), pol, steps=steps, seeds=seed, temperature=temperature,
                      top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype,
                      block_length=block_length)

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num", type=int, default=32)
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--steps", type=int, nargs="*", default=[None])
-    p.add_argument("--policy", nargs="*", default=["confidence"])
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--policy", nargs="*", default=[None], help="default: the model's recommendation")
+    p.add_argument("--temperature", type=float, help="default: the model's recommendation")
     p.add_argument("--block-length", type=int)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             gen = pipe.complete(None, num=args.num, length=args.length, steps=steps, policy=policy,
                                 seed=args.seed, temperature=args.temperature, block_length=args.block_length)
             nfe = sum(gen.nfe) / len(gen.nfe)
-            print(f"| {policy} | {steps or args.length} | {nfe:.1f} | {gen.tokens_per_second:.0f} | "
+            print(f"| {policy or pipe.sampling['policy']} | {steps or 'default'} | {nfe:.1f} | {gen.tokens_per_second:.0f} | "
                   f"{word_validity(gen.texts):.3f} | {distinct_words(gen.texts):.3f} |")
 
 
