@@ -61,29 +61,26 @@ def emit(gen, modality, args) -> None:
     print(gen.report(), file=sys.stderr)
 
 
-def cmd_generate(args) -> None:
+def _sample_command(args, call) -> None:
+    """Load the model, run ``call(pipeline, **sampling options)``, write the samples and the report."""
     from unidiff.generate import Pipeline
 
     pipe = Pipeline.load(args.model, device=args.device)
-    gen = pipe.complete(args.prompt, modality=args.modality, num=args.num, length=args.length,
-                        **sampling_options(args))
-    emit(gen, pipe.modality(args.modality), args)
+    emit(call(pipe, **sampling_options(args)), pipe.modality(args.modality), args)
+
+
+def cmd_generate(args) -> None:
+    _sample_command(args, lambda pipe, **kw: pipe.complete(args.prompt, modality=args.modality, num=args.num,
+                                                           length=args.length, **kw))
 
 
 def cmd_infill(args) -> None:
-    from unidiff.generate import Pipeline
-
-    pipe = Pipeline.load(args.model, device=args.device)
-    gen = pipe.infill(args.template, modality=args.modality, num=args.num, **sampling_options(args))
-    emit(gen, pipe.modality(args.modality), args)
+    _sample_command(args, lambda pipe, **kw: pipe.infill(args.template, modality=args.modality, num=args.num, **kw))
 
 
 def cmd_edit(args) -> None:
-    from unidiff.generate import Pipeline
-
-    pipe = Pipeline.load(args.model, device=args.device)
-    gen = pipe.edit(args.content, args.strength, modality=args.modality, num=args.num, **sampling_options(args))
-    emit(gen, pipe.modality(args.modality), args)
+    _sample_command(args, lambda pipe, **kw: pipe.edit(args.content, args.strength, modality=args.modality,
+                                                       num=args.num, **kw))
 
 
 def cmd_eval(args) -> None:
