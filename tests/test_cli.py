@@ -89,6 +89,12 @@ def test_infill_and_edit_commands(capsys):
     assert code == 0 and out != "To be, or not to be\n" and "NFE 5 per sample" in err
 
 
+def test_schedule_option_reaches_the_sampler(capsys):  # the grid itself: test_sampling.py
+    code, out, err = run_main(capsys, "generate", "--length", "64", "--steps", "8", "--schedule", "cosine",
+                              "--policy", "confidence")
+    assert code == 0 and "NFE 8 per sample" in err
+
+
 def test_python_api_matches_the_cli(capsys):
     gen = Pipeline.load("text").complete("ROMEO\n", num=2, length=16, steps=4, seed=9)
     assert gen.nfe == [4, 4] and gen.generated == [16, 16]
@@ -154,6 +160,7 @@ BAD_INPUTS = {
     "huge length": (["generate", "--length", "100000000000"], ["context is 256"]),
     "nan temperature": (["generate", "--temperature", "nan"], ["temperature"]),
     "huge seed": (["generate", "--seed", "99999999999999999999"], ["--seed", "2**62"]),
+    "unknown schedule": (["generate", "--schedule", "nosuch"], ["unknown schedule 'nosuch'", "cosine"]),
     "template without holes": (["infill", "no holes here"], ["no hole to fill", "<mask:N>"]),
     "edit strength out of range": (["edit", "abc", "--strength", "1.5"], ["strength between 0 and 1"]),
     "bad threshold": (["generate", "--policy", "threshold", "--threshold", "2"], ["0 < threshold <= 1"]),

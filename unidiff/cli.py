@@ -40,7 +40,8 @@ def policy_options(args) -> dict:
 
 def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length)
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
+                schedule=args.schedule)
 
 
 def emit(gen, modality, args) -> None:
@@ -140,6 +141,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
     p.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "
                                                           "(semi-autoregressive, as LLaDA); default: one block")
+    p.add_argument("--schedule", default="linear", help="time grid of the steps: linear (default), cosine "
+                                                        "(MaskGIT: few tokens first, many last) or polynomial")
     p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
