@@ -25,7 +25,7 @@ TEXT_TOML = ROOT / "configs" / "text.toml"
 def test_load_text_toml_matches_file():
     cfg = load_config(TEXT_TOML)
     raw = tomllib.loads(TEXT_TOML.read_text())
-    assert set(raw) == {"model", "data", "train"}
+    assert set(raw) == {"model", "data", "train", "sample"}
     for section, values in raw.items():
         sub = getattr(cfg, section)
         for key, value in values.items():
@@ -181,7 +181,7 @@ def test_from_dict_to_dict_round_trip():
     d = cfg.to_dict()
     assert Config.from_dict(d) == cfg
     assert d["train"]["steps"] == 7 and d["data"]["seq_len"] == 64 and d["model"]["dropout"] == 0.1
-    assert set(d) == {"model", "data", "train"}
+    assert set(d) == {"model", "data", "train", "sample"}
 
 
 def test_from_dict_partial_keeps_defaults_and_validates():

@@ -86,3 +86,12 @@ def test_package_metadata_names_the_required_dependencies():
         assert dep in requires
     assert "pytest" in requires  # the test extra
     assert json.loads((ROOT / "plugins" / "unidiff_text" / "model" / "config.json").read_text())["format"]
+
+
+def test_shipped_text_model_was_trained_by_the_shipped_config():
+    from unidiff.config import load_config
+
+    config = json.loads((ROOT / "plugins" / "unidiff_text" / "model" / "config.json").read_text())
+    expected = load_config(ROOT / "configs" / "text.toml").to_dict()
+    assert config["training"] == expected
+    assert config["sampling"] == expected["sample"]

@@ -149,6 +149,7 @@ def test_run_layout_log_and_figures(reference):
     assert figures(out / "model") == {"step": N, "eval_bits_per_token": log[-1]["eval_bits_per_token"]}
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["training"] == tiny_cfg(out).to_dict()
+    assert config["sampling"] == tiny_cfg(out).to_dict()["sample"]  # the [sample] recommendation travels along
 
     # model/ holds the EMA weights that TrainResult.model has; last/ the raw weights, which differ
     ema = result.model.state_dict()

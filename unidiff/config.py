@@ -1,6 +1,7 @@
 """Training configuration: dataclasses that TOML files in ``configs/`` map onto one to one.
 
-A file has the sections ``[model]``, ``[data]`` and ``[train]``; every key is a field of the matching dataclass.
+A file has the sections ``[model]``, ``[data]``, ``[train]`` and ``[sample]`` (the sampling settings recommended
+for the trained model, stored in its config.json); every key is a field of the matching dataclass.
 ``--set section.key=value`` overrides one key from the command line; its value is parsed as TOML (``3e-4``,
 ``true``, ``"text"``) and falls back to a plain string. Unknown sections or keys are errors that list the valid ones.
 """
@@ -49,10 +50,21 @@ class TrainConfig:
 
 
 @dataclass
+class SampleConfig:
+    """The sampling settings recommended for the trained model; written into its config.json as "sampling"."""
+
+    policy: str = "confidence"
+    temperature: float = 1.0
+    steps_per_token: float = 1.0  # steps = ceil(generated tokens * steps_per_token)
+    chosen_by: str = ""  # the measurement that chose them
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +89,9 @@ class Config:
         for key, (value, lo, hi, closed) in ranges.items():
             if not (lo <= value <= hi if closed else lo <= value < hi):
                 raise UnidiffError(f"config key {key} must lie in [{lo}, {hi}{']' if closed else ')'}; got {value}")
+        if not (self.sample.temperature >= 0 and 0 < self.sample.steps_per_token <= 1):
+            raise UnidiffError(f"[sample] needs temperature >= 0 and 0 < steps_per_token <= 1; got "
+                               f"{self.sample.temperature}, {self.sample.steps_per_token}")
         for key, value in {"train.warmup": t.warmup, "train.weight_decay": t.weight_decay,
                            "train.grad_clip": t.grad_clip}.items():
             if value < 0:

@@ -110,7 +110,7 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
         print(f"resumed from {out / 'last'} at step {step}")
 
     modalities = {modality.name: modality}
-    extra = {"training": cfg.to_dict()}
+    extra = {"training": cfg.to_dict(), "sampling": cfg.to_dict()["sample"]}
     bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc="train", dynamic_ncols=True)
     model.train()
     while step < tc.steps:
