@@ -23,7 +23,7 @@ Others decide the count themselves:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -44,7 +44,6 @@ class StepContext:
     p_unmask: torch.Tensor  # (B,) probability that the reverse process reveals a masked position now
     uniform: torch.Tensor  # (B, L) uniforms in [0, 1), reproducible per row seed, step and position
     probs: torch.Tensor | None = None  # (n, V) model distribution at the masked positions, in row-major order
-    _cache: dict = field(default_factory=dict, repr=False)
 
     def _at_masked(self, values: torch.Tensor) -> torch.Tensor:
         """(n,) values at the masked positions -> (B, L), zero elsewhere."""
@@ -54,17 +53,13 @@ class StepContext:
 
     def margin(self) -> torch.Tensor:
         """(B, L) top-1 minus top-2 probability at masked positions."""
-        if "margin" not in self._cache:
-            top2 = self.probs.topk(2, dim=-1).values
-            self._cache["margin"] = self._at_masked(top2[:, 0] - top2[:, 1])
-        return self._cache["margin"]
+        top2 = self.probs.topk(2, dim=-1).values
+        return self._at_masked(top2[:, 0] - top2[:, 1])
 
     def entropy(self) -> torch.Tensor:
         """(B, L) entropy (nats) of the predicted distribution at masked positions."""
-        if "entropy" not in self._cache:
-            p = self.probs
-            self._cache["entropy"] = self._at_masked(-(p * p.clamp(min=1e-30).log()).sum(-1))
-        return self._cache["entropy"]
+        p = self.probs
+        return self._at_masked(-(p * p.clamp(min=1e-30).log()).sum(-1))
 
 
 QUANTUM = 2.0 ** 16
@@ -116,40 +111,44 @@ class Ancestral:
         return self.commit(ctx).any(1)  # the reveals do not depend on the model: known before the pass
 
 
-class Confidence:
+class Ranked:
+    """Commit the ``n_commit`` masked positions with the highest ``score`` (the budgeted policies below)."""
+
+    may_commit = staticmethod(has_budget)
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def commit(self, ctx: StepContext) -> torch.Tensor:
+        return top_n(self.score(ctx), ctx.masked, ctx.n_commit)
+
+
+class Confidence(Ranked):
     name = "confidence"
 
-    may_commit = staticmethod(has_budget)
-
-    def commit(self, ctx: StepContext) -> torch.Tensor:
-        return top_n(ctx.confidence, ctx.masked, ctx.n_commit)
+    def score(self, ctx):
+        return ctx.confidence
 
 
-class Margin:
+class Margin(Ranked):
     name = "margin"
 
-    may_commit = staticmethod(has_budget)
-
-    def commit(self, ctx: StepContext) -> torch.Tensor:
-        return top_n(ctx.margin(), ctx.masked, ctx.n_commit)
+    def score(self, ctx):
+        return ctx.margin()
 
 
-class Entropy:
+class Entropy(Ranked):
     name = "entropy"
 
-    may_commit = staticmethod(has_budget)
-
-    def commit(self, ctx: StepContext) -> torch.Tensor:
-        return top_n(-ctx.entropy(), ctx.masked, ctx.n_commit)
+    def score(self, ctx):
+        return -ctx.entropy()
 
 
-class Random:
+class Random(Ranked):
     name = "random"
 
-    may_commit = staticmethod(has_budget)
-
-    def commit(self, ctx: StepContext) -> torch.Tensor:
-        return top_n(ctx.uniform, ctx.masked, ctx.n_commit)
+    def score(self, ctx):
+        return ctx.uniform
 
 
 class Threshold:
