@@ -157,6 +157,37 @@ def load_weights(folder: Path, model: Denoiser) -> None:
         raise CheckpointError(f"{path} does not fit the model its config.json describes: {detail}") from None
 
 
+def init_weights(name_or_path: str | Path, model: Denoiser, registry: Registry) -> Path:
+    """Start ``model`` from another checkpoint's weights (fine-tuning). The architectures must match; the new
+    vocabulary may add ids at the end of the old one (e.g. BLANK), and new parameters (the BLANK head) keep
+    their fresh initialisation. Returns the folder used."""
+    folder = resolve(name_or_path, registry)
+    old = VocabLayout.from_dict(read_config(folder)["layout"])
+    if old.to_dict()["sizes"] != model.layout.to_dict()["sizes"]:
+        raise CheckpointError(f"train.init: {folder} has modalities {old} but this run has {model.layout}; "
+                              f"initialise from a model with the same modalities")
+    path = folder / WEIGHTS
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({e}); restore it or re-train the model") from None
+    own = model.state_dict()
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is not None and key == "tok_emb.weight" and value.shape[0] <= mine.shape[0] \
+                and value.shape[1:] == mine.shape[1:]:
+            mine[:value.shape[0]] = value  # ids added at the end keep their fresh rows
+        elif mine is None or mine.shape != value.shape:
+            raise CheckpointError(f"train.init: {folder}'s parameter {key} "
+                                  f"{tuple(value.shape)} does not fit this run's model "
+                                  f"{tuple(mine.shape) if mine is not None else '(absent)'}: use the same [model] "
+                                  f"config as the model you start from")
+        else:
+            mine.copy_(value)
+    model.load_state_dict(own)
+    return folder
+
+
 def resolve(name_or_path: str | Path, registry: Registry) -> Path:
     """A registered model name (e.g. "text") or a folder path -> the folder."""
     path = Path(name_or_path)

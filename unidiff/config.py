@@ -24,6 +24,9 @@ class DataConfig:
     seq_len: int = 256  # training window length
     train_split: str = "train"
     eval_split: str = "valid"
+    cond_dropout: float = 1.0  # probability that a row hides its document's condition (1: never conditioned)
+    blank_runs: int = 0  # up to this many BLANK runs inserted per row (0: none, no BLANK id in the vocabulary)
+    blank_max: int = 16  # longest BLANK run
 
 
 @dataclass
@@ -45,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has fast bf16)
     device: str = "auto"  # auto | cpu | cuda
+    init: str = ""  # start from the weights of this model (a registered name or a folder); "" = random
     out_dir: str = "runs/default"
     progress: bool = True
 
@@ -85,15 +89,17 @@ class Config:
                                f"head size (rotary embeddings rotate pairs of dimensions)")
         ranges = {"model.dropout": (m.dropout, 0, 1, False), "train.ema": (t.ema, 0, 1, False),
                   "train.min_lr_ratio": (t.min_lr_ratio, 0, 1, True), "train.beta1": (t.beta1, 0, 1, False),
-                  "train.beta2": (t.beta2, 0, 1, False)}
+                  "train.beta2": (t.beta2, 0, 1, False), "data.cond_dropout": (d.cond_dropout, 0, 1, True)}
         for key, (value, lo, hi, closed) in ranges.items():
             if not (lo <= value <= hi if closed else lo <= value < hi):
                 raise UnidiffError(f"config key {key} must lie in [{lo}, {hi}{']' if closed else ')'}; got {value}")
         if not (self.sample.temperature >= 0 and 0 < self.sample.steps_per_token <= 1):
             raise UnidiffError(f"[sample] needs temperature >= 0 and 0 < steps_per_token <= 1; got "
                                f"{self.sample.temperature}, {self.sample.steps_per_token}")
+        if d.blank_max < 1:
+            raise UnidiffError(f"config key data.blank_max must be at least 1; got {d.blank_max}")
         for key, value in {"train.warmup": t.warmup, "train.weight_decay": t.weight_decay,
-                           "train.grad_clip": t.grad_clip}.items():
+                           "train.grad_clip": t.grad_clip, "data.blank_runs": d.blank_runs}.items():
             if value < 0:
                 raise UnidiffError(f"config key {key} must not be negative; got {value}")
         if d.seq_len > m.max_len:

@@ -24,8 +24,9 @@ from unidiff.schedules import Schedule, get_schedule
 
 
 def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: torch.Generator,
-               amp_dtype: torch.dtype | None = None, stratified: bool = True):
-    """One Monte-Carlo ELBO estimate on a batch.
+               amp_dtype: torch.dtype | None = None, stratified: bool = True, blank: bool = False):
+    """One Monte-Carlo ELBO estimate on a batch (``blank``: every position may predict BLANK, as in training
+    with blank insertions; evaluation on real data leaves it off, so the figure is that of blank-free text).
 
     Returns:
         (sums, counts): (M,) summed ELBO terms (nats) and target-token counts per modality; sums carries gradient.
@@ -35,7 +36,7 @@ def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: tor
     xt, masked = corrupt(batch.ids, t, schedule, batch.targets, generator)
     with autocast(device, amp_dtype):
         h = model.features(xt, batch.modality, batch.positions, batch.pad_mask)  # (B, L, d)
-        logits = model.logits(h[masked], batch.modality[masked])  # (N, V)
+        logits = model.logits(h[masked], batch.modality[masked], blank=True if blank else None)  # (N, V)
     nll = torch.zeros(batch.ids.shape, device=device)
     nll[masked] = F.cross_entropy(logits.float(), batch.ids[masked], reduction="none")
     terms = elbo_terms(nll, masked, t, schedule)

@@ -95,6 +95,8 @@ class Denoiser(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.heads = nn.ModuleDict({n: heads[n] for n in layout.names})
+        # The BLANK logit (variable-length holes), shared by all modalities; only where the caller allows it.
+        self.blank_head = nn.Linear(cfg.d_model, 1) if layout.has_blank else None
         self.apply(self._init)
 
     @staticmethod
@@ -121,8 +123,12 @@ class Denoiser(nn.Module):
             x = block(x, cos, sin, attn_mask)
         return self.norm(x)
 
-    def logits(self, h: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        """(..., d) hidden states and (...,) modality indices -> (..., V) logits, -inf outside each range."""
+    def logits(self, h: torch.Tensor, modality: torch.Tensor, blank: torch.Tensor | bool | None = None) -> torch.Tensor:
+        """(..., d) hidden states and (...,) modality indices -> (..., V) logits, -inf outside each range.
+
+        ``blank`` ((...,) bool, or True for everywhere) lets those positions predict BLANK as well, on a model whose
+        layout has it; by default no position may.
+        """
         out = h.new_full((*h.shape[:-1], self.layout.size), float("-inf"))
         for name, head in self.heads.items():
             b = self.layout.blocks[name]
@@ -131,6 +137,9 @@ class Denoiser(nn.Module):
             else:  # an empty selection is fine, and checking for one would cost a device sync per head
                 sel = modality == b.index
                 out[sel, b.start:b.stop] = head(h[sel]).to(out.dtype)
+        if blank is not None and blank is not False and self.blank_head is not None:
+            score = self.blank_head(h).squeeze(-1).to(out.dtype)
+            out[..., self.layout.blank] = score if blank is True else score.masked_fill(~blank, float("-inf"))
         return out
 
     def forward(self, ids, modality, positions=None, pad_mask=None) -> torch.Tensor:

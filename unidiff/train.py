@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unidiff.checkpoint import atomic_dir, ensure_writable, load_weights, read_config, recover, write_model
+from unidiff.checkpoint import (atomic_dir, ensure_writable, init_weights, load_weights, read_config, recover,
+                                write_model)
 from unidiff.config import Config
-from unidiff.data import Windows, encode_docs
+from unidiff.data import Windows, encode_conditions, encode_docs, insert_blanks
 from unidiff.device import resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.evaluate import EvalResult, batch_elbo, evaluate
@@ -85,13 +86,17 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     out = Path(tc.out_dir)
     ensure_writable(out)
 
-    layout = VocabLayout({modality.name: modality.vocab_size})
-    train_w = Windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout.index(modality.name))
+    layout = VocabLayout({modality.name: modality.vocab_size}, blank=cfg.data.blank_runs > 0)
+    train_w = Windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout.index(modality.name),
+                      encode_conditions(train_docs, modality, layout))
     eval_w = Windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout.index(modality.name)) \
         if eval_docs else None
 
     torch.manual_seed(tc.seed)
-    model = Denoiser(cfg.model, layout, {modality.name: make_head(modality, cfg.model.d_model)}).to(device)
+    model = Denoiser(cfg.model, layout, {modality.name: make_head(modality, cfg.model.d_model)})
+    if tc.init:
+        init_weights(tc.init, model, registry)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     decay, no_decay = [], []
     for p in model.parameters():
@@ -116,8 +121,10 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     while step < tc.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc)
-        batch = train_w.sample(tc.batch_size, generator).to(device)
-        sums, counts = batch_elbo(model, batch, schedule, generator, amp)
+        batch = train_w.sample(tc.batch_size, generator, cfg.data.cond_dropout)
+        if cfg.data.blank_runs:
+            batch = insert_blanks(batch, layout.blank, cfg.data.blank_runs, cfg.data.blank_max, generator)
+        sums, counts = batch_elbo(model, batch.to(device), schedule, generator, amp, blank=layout.has_blank)
         loss = sums.sum() / counts.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,7 +2,11 @@
 
 Layout (global ids)::
 
-    0 PAD | 1 MASK | modality A: BOS, EOS, content 0..n_A-1 | modality B: BOS, EOS, content ... | ...
+    0 PAD | 1 MASK | modality A: BOS, EOS, content 0..n_A-1 | modality B: BOS, EOS, content ... | ... [| BLANK]
+
+A layout built with ``blank=True`` ends with one shared BLANK id: the "nothing here" token of variable-length
+holes (a hole of up to N tokens is filled with real tokens and blanks, and blanks are dropped on decode). It comes
+last so that adding it leaves every other id where it was.
 
 Modalities are laid out in name order, so the same set of modalities always gives the same layout; the layout is
 stored in every checkpoint and checked on load. A position of modality m may only predict m's content ids: never
@@ -42,9 +46,10 @@ class VocabLayout:
 
     Args:
         sizes: modality name -> number of local content ids.
+        blank: add the shared BLANK id (for models trained with blank insertions, see `unidiff.data.insert_blanks`).
     """
 
-    def __init__(self, sizes: Mapping[str, int]):
+    def __init__(self, sizes: Mapping[str, int], blank: bool = False):
         if not sizes:
             raise ValueError("a vocabulary layout needs at least one modality")
         self.blocks: dict[str, Block] = {}
@@ -55,7 +60,9 @@ class VocabLayout:
                 raise ValueError(f"modality {name!r} has vocabulary size {n}; it must be positive")
             self.blocks[name] = Block(name, i, nxt, nxt + 1, nxt + N_MARKERS, n)
             nxt += N_MARKERS + n
-        self.size = nxt
+        self.has_blank = bool(blank)
+        self.blank = nxt if blank else None  # the BLANK id, or None
+        self.size = nxt + int(self.has_blank)
         # (M, V) bool: which global ids a position of each modality may predict.
         self.allowed_table = torch.zeros(len(self.blocks), self.size, dtype=torch.bool)
         for b in self.blocks.values():
@@ -95,11 +102,12 @@ class VocabLayout:
         return self.allowed_table.to(modality.device)[modality]
 
     def to_dict(self) -> dict:
-        return {"sizes": {n: b.size for n, b in self.blocks.items()}, "size": self.size}
+        d = {"sizes": {n: b.size for n, b in self.blocks.items()}, "size": self.size}
+        return {**d, "blank": True} if self.has_blank else d
 
     @classmethod
     def from_dict(cls, d: dict) -> "VocabLayout":
-        layout = cls(d["sizes"])
+        layout = cls(d["sizes"], blank=bool(d.get("blank", False)))
         if layout.size != d.get("size", layout.size):
             raise CheckpointError(f"vocabulary layout in checkpoint says size {d['size']} but its ranges give "
                                   f"{layout.size}: the checkpoint's config.json is inconsistent")
@@ -110,4 +118,4 @@ class VocabLayout:
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{b.name}=[{b.start},{b.stop})" for b in self.blocks.values())
-        return f"VocabLayout(size={self.size}, {parts})"
+        return f"VocabLayout(size={self.size}, {parts}{', blank' if self.has_blank else ''})"

@@ -48,9 +48,10 @@ def register_modalities(register):
 
 @hookimpl
 def register_datasets(register):
-    from unidiff_text.corpus import shakespeare
+    from unidiff_text.corpus import shakespeare, shakespeare_titled
 
     register("shakespeare", shakespeare, modality="text")
+    register("shakespeare-titled", shakespeare_titled, modality="text")
 
 
 @hookimpl

@@ -13,6 +13,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+from unidiff.data import Document
 from unidiff.errors import UnidiffError
 
 # Held out: one play from each of three genres (about 8% of the characters).
@@ -57,6 +58,21 @@ def shakespeare(split: str) -> list[str]:
         raise UnidiffError(f"unknown split {split!r} of dataset 'shakespeare'; use one of {', '.join(SPLITS)}")
     held = [f.stem in HELD_OUT for f in play_files()]
     return [clean(f.read_text(encoding="utf-8")) for f, h in zip(play_files(), held) if h == (split == "valid")]
+
+
+def title_prompt(slug: str) -> str:
+    """The condition of a play's windows in ``shakespeare-titled``: its slug in angle brackets on a line of its own
+    (the plays never contain '<'), e.g. ``"<hamlet>\\n"``."""
+    return f"<{slug}>\n"
+
+
+def shakespeare_titled(split: str) -> list[Document]:
+    """``shakespeare`` with each play's title as the condition of its windows (for title-conditioned generation
+    and classifier-free guidance; condition dropout keeps the model unconditional too)."""
+    if split not in SPLITS:
+        raise UnidiffError(f"unknown split {split!r} of dataset 'shakespeare-titled'; use one of {', '.join(SPLITS)}")
+    files = [f for f in play_files() if (f.stem in HELD_OUT) == (split == "valid")]
+    return [Document(clean(f.read_text(encoding="utf-8")), title_prompt(f.stem)) for f in files]
 
 
 def main(argv: list[str] | None = None) -> None:
