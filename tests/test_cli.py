@@ -116,7 +116,7 @@ def test_eval_reports_held_out_bits(capsys):
 def test_plugins_lists_the_text_plugin(capsys):
     code, out, _ = run_main(capsys, "plugins")
     assert code == 0
-    assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; datasets: shakespeare; models: text$", out, re.M)
+    assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; datasets: shakespeare, shakespeare-titled; models: text$", out, re.M)
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["infill"], ["edit"], ["eval"], ["plugins"]])
@@ -162,7 +162,7 @@ BAD_INPUTS = {
     "huge seed": (["generate", "--seed", "99999999999999999999"], ["--seed", "2**62"]),
     "unknown schedule": (["generate", "--schedule", "nosuch"], ["unknown schedule 'nosuch'", "cosine"]),
     "template without holes": (["infill", "no holes here"], ["no hole to fill", "<mask:N>"]),
-    "edit strength out of range": (["edit", "abc", "--strength", "1.5"], ["strength between 0 and 1"]),
+    "edit strength out of range": (["edit", "abc", "--strength", "1.5"], ["--strength", "between 0 and 1"]),
     "bad threshold": (["generate", "--policy", "threshold", "--threshold", "2"], ["0 < threshold <= 1"]),
     "truncated weights": (["generate", "--model", "{truncated}"], ["model.safetensors is corrupt or truncated"]),
     "garbled config": (["eval", "--model", "{garbled}"], ["config.json is corrupt or truncated"]),

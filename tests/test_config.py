@@ -34,10 +34,14 @@ def test_load_text_toml_matches_file():
             assert type(got) is type(getattr(type(sub)(), key)), f"{section}.{key} has type {type(got)}"
     # spot checks with the literal values of configs/text.toml
     assert cfg.model == ModelConfig(d_model=256, n_layers=4, n_heads=4, mlp_ratio=4.0, max_len=256, dropout=0.0)
-    assert cfg.data == DataConfig(dataset="shakespeare", seq_len=256)
-    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.min_lr_ratio) == (3000, 32, 1.5e-3, 0.05)
-    assert (cfg.train.warmup, cfg.train.eval_every, cfg.train.eval_windows, cfg.train.save_every) == (200, 500, 512, 250)
-    assert cfg.train.out_dir == "runs/text"
+    assert cfg.data == DataConfig(dataset="shakespeare-titled", seq_len=256, cond_dropout=0.5, blank_runs=2,
+                                  blank_max=16)
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.min_lr_ratio) == (1500, 32, 5e-4, 0.05)
+    assert (cfg.train.warmup, cfg.train.eval_every, cfg.train.eval_windows, cfg.train.save_every) == (100, 250, 512, 250)
+    assert cfg.train.out_dir == "runs/text" and cfg.train.init == "runs/text-base/model"
+    base = load_config(TEXT_TOML.with_name("text-base.toml"))  # stage 1: from scratch, plain windows
+    assert base.data == DataConfig(dataset="shakespeare", seq_len=256) and base.train.init == ""
+    assert (base.train.steps, base.train.lr, base.train.out_dir) == (3000, 1.5e-3, "runs/text-base")
     assert cfg.train.precision == "auto"
     # keys the file does not set keep their defaults
     assert cfg.train.progress is True

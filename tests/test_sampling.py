@@ -94,11 +94,12 @@ def test_ancestral_step_by_hand():
 
 
 def test_ancestral_reveal_probabilities_are_one_over_steps_left():
-    p, left = step_budget(torch.tensor([12] * 4), torch.tensor([4] * 4), 0, get_schedule("linear"))
+    p, left, sigma = step_budget(torch.tensor([12] * 4), torch.tensor([4] * 4), 0, get_schedule("linear"))
     probs = [step_budget(torch.tensor([12]), torch.tensor([4]), k, get_schedule("linear"))[0].item()
              for k in range(4)]
     assert probs == pytest.approx([1 / 4, 1 / 3, 1 / 2, 1.0])
     assert left.tolist() == [9] * 4
+    assert sigma.tolist() == [0.0] * 4  # no remasking unless asked
 
 
 def tiny_denoiser(seed=0, vocab=("text", 256)):

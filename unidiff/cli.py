@@ -41,7 +41,7 @@ def policy_options(args) -> dict:
 def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
-                schedule=args.schedule)
+                schedule=args.schedule, remask=args.remask, guidance=args.guidance)
 
 
 def emit(gen, modality, args) -> None:
@@ -81,7 +81,7 @@ def cmd_infill(args) -> None:
 
 def cmd_edit(args) -> None:
     _sample_command(args, lambda pipe, **kw: pipe.edit(args.content, args.strength, modality=args.modality,
-                                                       num=args.num, **kw))
+                                                       num=args.num, order=args.order, prompt=args.prompt, **kw))
 
 
 def cmd_eval(args) -> None:
@@ -143,8 +143,34 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                                                           "(semi-autoregressive, as LLaDA); default: one block")
     p.add_argument("--schedule", default="linear", help="time grid of the steps: linear (default), cosine "
                                                         "(MaskGIT: few tokens first, many last) or polynomial")
+    p.add_argument("--remask", type=_fraction, help="ReMDM remasking strength, 0 (off) to 1: committed tokens may be "
+                                                     "re-masked and predicted again (default: the model's "
+                                                     "recommendation, else 0)")
+    p.add_argument("--guidance", type=_guidance, help="classifier-free guidance scale w: uncond + w * (cond - "
+                                                       "uncond), the given content being the condition; 1 = off, "
+                                                       "0 = unconditional; costs a second forward pass per step")
     p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
+    return value
+
+
+def _guidance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return value
 
 
 def _seed(text: str) -> int:
@@ -179,17 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     f = sub.add_parser("infill", help="fill holes in a given text", description=(
-        "Fill every <mask:N> hole of TEMPLATE with N generated tokens, given everything around it, e.g. "
-        "unidiff infill $'ROMEO\\nO, <mask:12> art thou Romeo?'"))
-    f.add_argument("template", help="content with <mask:N> holes")
+        "Fill every hole of TEMPLATE given everything around it: <mask:N> with exactly N generated tokens, "
+        "<blank:N> with up to N (unused positions become blanks, dropped from the output; needs a model trained "
+        "with blanks, as the shipped text model is), e.g. unidiff infill $'ROMEO\\nO, <blank:12> art thou Romeo?'"))
+    f.add_argument("template", help="content with <mask:N> and <blank:N> holes")
     add_sampling_arguments(f)
     f.set_defaults(func=cmd_infill)
 
     d = sub.add_parser("edit", help="re-generate a fraction of a given text", description=(
-        "Re-mask a fraction STRENGTH of the tokens of CONTENT (chosen at random per seed) and generate them again "
-        "given the rest: strength 0 returns the input, 1 regenerates it entirely."))
+        "Re-mask a fraction STRENGTH of the tokens of CONTENT and generate them again given the rest: strength 0 "
+        "returns the input, 1 regenerates it entirely. --prompt edits under a different condition (style transfer), "
+        "e.g. unidiff edit --strength 0.3 --prompt $'<macbeth>\\n' 'To be, or not to be, that is the question'"))
     d.add_argument("content", help="the content to edit")
-    d.add_argument("--strength", type=float, required=True, help="fraction of tokens to regenerate, 0 to 1")
+    d.add_argument("--strength", type=_fraction, required=True, help="fraction of tokens to regenerate, 0 to 1")
+    d.add_argument("--order", choices=("random", "confidence"), default="random",
+                   help="which tokens to re-mask: random (default, per seed) or confidence (the ones the model finds "
+                        "least likely in their context first)")
+    d.add_argument("--prompt", help="a condition given before the content (the output starts with it)")
     add_sampling_arguments(d)
     d.set_defaults(func=cmd_edit)
 

@@ -21,6 +21,7 @@ from unidiff.rng import STREAM_EDIT, hashed_uniform
 from unidiff.vocab import MASK, PAD, VocabLayout
 
 ROLES = ("given", "generate", "edit")
+EDIT_ORDERS = ("random", "confidence")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Segment:
             ``strength`` of the tokens is re-masked and generated again).
         length: number of tokens to generate (``role="generate"`` only).
         strength: fraction of the content's tokens an edit re-generates: 0 keeps it, 1 regenerates all of it.
+        order: which tokens an edit re-masks: "random", or "confidence" (those the model finds least likely in
+            their context first; scored by the pipeline before sampling).
         variable: a 'generate' segment of *up to* ``length`` tokens: the model may fill some positions with BLANK,
             which decoding drops (needs a model trained with blanks, ``data.blank_runs > 0``).
         steps, policy, schedule: per-segment sampling control (None: the call's settings). Segments that set
@@ -46,6 +49,7 @@ class Segment:
     role: str = "given"
     length: int | None = None
     strength: float | None = None
+    order: str = "random"
     variable: bool = False
     steps: int | None = None
     policy: Any = None
@@ -58,6 +62,8 @@ class Segment:
             raise UnidiffError(f"a 'generate' segment needs a positive length; got {self.length!r}")
         if self.role == "edit" and (self.strength is None or not 0.0 <= self.strength <= 1.0):
             raise UnidiffError(f"an 'edit' segment needs a strength between 0 and 1; got {self.strength!r}")
+        if self.order not in EDIT_ORDERS:
+            raise UnidiffError(f"an edit's order must be one of {', '.join(EDIT_ORDERS)}; got {self.order!r}")
         if self.variable and self.role != "generate":
             raise UnidiffError("only a 'generate' segment can have a variable length")
         if self.steps is not None and self.steps < 1:
@@ -80,6 +86,7 @@ class Row:
     condition: torch.Tensor | None = None  # (L,) bool, positions of 'given' segments (what guidance hides)
     blank_ok: torch.Tensor | None = None  # (L,) bool, positions that may become BLANK (variable-length holes)
     segment: torch.Tensor | None = None  # (L,) long, index of the segment each position belongs to (-1: markers)
+    rescore: list[tuple[int, int, float]] | None = None  # (start, length, strength) of edits ordered by confidence
 
 
 @dataclass
@@ -125,7 +132,7 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
     if any(s.variable for s in segments) and not layout.has_blank:
         raise UnidiffError("variable-length holes need a model trained with blank tokens (data.blank_runs > 0) and "
                            "this one was not: use fixed-length holes (<mask:N>) or such a model")
-    ids, mods, tgts, spans, segs = [], [], [], [], []
+    ids, mods, tgts, spans, segs, rescore = [], [], [], [], [], []
     prev = None
     for i, seg in enumerate(segments):
         block = layout.block(seg.modality)
@@ -139,13 +146,18 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
             part = layout.to_global(seg.modality, local).tolist()
             if seg.role == "edit" and not local:
                 raise UnidiffError(f"segment {i} ({seg.modality}) is an edit of empty content: give something to edit")
-            tgt = edit_targets(len(local), seg.strength, seed, len(ids)) if seg.role == "edit" \
-                else [False] * len(local)
+            if seg.role == "edit" and seg.order == "random":
+                tgt = edit_targets(len(local), seg.strength, seed, len(ids))
+            else:  # given, or an edit whose tokens the pipeline picks by confidence (see Row.rescore)
+                tgt = [False] * len(local)
+
         if markers and seg.modality != prev:
             if prev is not None:
                 ids.append(layout.block(prev).eos); mods.append(layout.index(prev)); tgts.append(False); segs.append(-1)
             ids.append(block.bos); mods.append(block.index); tgts.append(False); segs.append(-1)
         spans.append((seg.modality, len(ids), len(ids) + len(part), seg.role != "given"))
+        if seg.role == "edit" and seg.order == "confidence":
+            rescore.append((len(ids), len(part), seg.strength))
         ids += part; mods += [block.index] * len(part); tgts += tgt; segs += [i] * len(part)
         prev = seg.modality
     if markers:
@@ -155,7 +167,7 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
     condition = torch.tensor([j >= 0 and role[j] == "given" for j in segs], dtype=torch.bool)
     blank_ok = torch.tensor([j >= 0 and segments[j].variable for j in segs], dtype=torch.bool)
     return Row(torch.tensor(ids, dtype=torch.long), torch.tensor(mods, dtype=torch.long),
-               torch.tensor(tgts, dtype=torch.bool), spans, condition, blank_ok, segment)
+               torch.tensor(tgts, dtype=torch.bool), spans, condition, blank_ok, segment, rescore)
 
 
 def collate(rows: Sequence[Row], groups: Sequence[torch.Tensor] | None = None) -> Batch:

@@ -36,7 +36,8 @@ def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: tor
     xt, masked = corrupt(batch.ids, t, schedule, batch.targets, generator)
     with autocast(device, amp_dtype):
         h = model.features(xt, batch.modality, batch.positions, batch.pad_mask)  # (B, L, d)
-        logits = model.logits(h[masked], batch.modality[masked], blank=True if blank else None)  # (N, V)
+        logits = model.logits(h[masked], batch.modality[masked], blank=True) if blank else \
+            model.logits(h[masked], batch.modality[masked])  # (N, V)
     nll = torch.zeros(batch.ids.shape, device=device)
     nll[masked] = F.cross_entropy(logits.float(), batch.ids[masked], reduction="none")
     terms = elbo_terms(nll, masked, t, schedule)

@@ -22,11 +22,11 @@ import torch
 
 from unidiff.checkpoint import load_model
 from unidiff.data import Row, Segment, collate, encode_row
-from unidiff.device import resolve_device, resolve_precision
+from unidiff.device import autocast, resolve_device, resolve_precision
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
-from unidiff.sampling import sample
-from unidiff.vocab import VocabLayout
+from unidiff.sampling import GroupSpec, sample
+from unidiff.vocab import MASK, VocabLayout
 
 
 @dataclass
@@ -68,8 +68,13 @@ def decode_row(ids: torch.Tensor, row: Row, layout: VocabLayout, modalities) -> 
             runs[-1][2] = stop
         else:
             runs.append([name, start, stop])
-    return [(name, modalities[name].decode(layout.to_local(name, ids[start:stop]).tolist()))
-            for name, start, stop in runs]
+    out = []
+    for name, start, stop in runs:
+        part = ids[start:stop]
+        if layout.has_blank:
+            part = part[part != layout.blank]  # the unused positions of variable-length holes
+        out.append((name, modalities[name].decode(layout.to_local(name, part).tolist())))
+    return out
 
 
 class Pipeline:
@@ -89,8 +94,8 @@ class Pipeline:
         self.layout: VocabLayout = model.layout
         self.registry = registry or Registry()  # where policies are looked up
         # The model's recommended sampling settings (see generate), over the engine's own defaults.
-        self.sampling = {"policy": "confidence", "temperature": 1.0, "steps_per_token": None,
-                         **config.get("sampling", {})}
+        self.sampling = {"policy": "confidence", "temperature": 1.0, "steps_per_token": None, "remask": 0.0,
+                         "guidance": 1.0, **config.get("sampling", {})}
 
     @classmethod
     def load(cls, model: str | Path = "text", device: str = "auto", precision: str = "auto",
@@ -142,12 +147,14 @@ class Pipeline:
     def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
                  policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
                  temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str = "linear",
-                 block_length: int | None = None) -> Generation:
-        """Generate every 'generate' segment of every sample in one batch.
+                 block_length: int | None = None, remask: float | None = None,
+                 guidance: float | None = None) -> Generation:
+        """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
-        ``steps``, ``policy`` and ``temperature`` left as None take the model's recommended sampling settings (the
-        ``"sampling"`` entry of its config.json, chosen from measurements), else one step per token, the
-        confidence policy and temperature 1.
+        ``steps``, ``policy``, ``temperature``, ``remask`` and ``guidance`` left as None take the model's recommended
+        sampling settings (the ``"sampling"`` entry of its config.json, chosen from measurements), else one step per
+        token, the confidence policy, temperature 1, no remasking and no guidance. A segment's own ``steps``,
+        ``policy`` or ``schedule`` override these for that segment.
 
         Args:
             samples: one list of `Segment`s per output.
@@ -158,19 +165,77 @@ class Pipeline:
             temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
             schedule: time grid of the reverse process.
             block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
+            remask: ReMDM remasking strength in [0, 1] (0: off).
+            guidance: classifier-free guidance scale (1: off); the given segments are the condition.
         """
         rec = self.sampling
         pol = self.registry.policy(policy or rec["policy"], **(policy_options or {}))
         temperature = rec["temperature"] if temperature is None else temperature
+        remask = rec["remask"] if remask is None else remask
+        guidance = rec["guidance"] if guidance is None else guidance
         rows = self.encode(samples, seed)
+        extra_nfe = self._rescore(rows)
+        specs, groups = self._groups(samples, rows)
+        n_default = [int((r.targets & (g == 0)).sum()) for r, g in zip(rows, groups)]
         if steps is None and rec.get("steps_per_token"):
-            steps = [max(1, math.ceil(int(r.targets.sum()) * rec["steps_per_token"])) for r in rows]
-        out = sample(self.model, collate(rows), pol, steps=steps, seeds=seed, temperature=temperature,
-                     top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype,
-                     block_length=block_length)
+            steps = [max(1, math.ceil(n * rec["steps_per_token"])) for n in n_default]
+        out = sample(self.model, collate(rows, groups if specs else None), pol, steps=steps, seeds=seed,
+                     temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype,
+                     block_length=block_length, remask=remask, guidance=guidance, groups=specs)
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
-        return Generation(decoded, out.nfe.tolist(), out.generated.tolist(), out.seconds)
+        nfe = (out.nfe + extra_nfe).tolist()
+        return Generation(decoded, nfe, out.generated.tolist(), out.seconds)
+
+    def _groups(self, samples, rows) -> tuple[list[GroupSpec], list[torch.Tensor]]:
+        """The sampling groups of segments that carry their own steps, policy or schedule."""
+        table: dict[tuple, int] = {}
+        groups = []
+        for segments, row in zip(samples, rows):
+            g = torch.zeros(len(row.ids), dtype=torch.long)
+            for i, seg in enumerate(segments):
+                if seg.spec is not None:
+                    g[row.segment == i] = table.setdefault(seg.spec, len(table) + 1)
+            groups.append(g)
+        specs = []
+        for policy, steps, schedule in table:
+            pol = self.registry.policy(policy) if isinstance(policy, str) else policy
+            specs.append(GroupSpec(pol, steps, schedule))
+        return specs, groups
+
+    @torch.no_grad()
+    def _rescore(self, rows: list[Row], folds: int = 8) -> torch.Tensor:
+        """Pick the tokens of confidence-ordered edits: each token's probability in its context is scored with
+        1/folds of the edited segment masked at a time (``folds`` forward passes, counted as NFE), and the
+        ``strength`` fraction with the lowest probability become targets. Returns (B,) extra forward passes."""
+        extra = torch.zeros(len(rows), dtype=torch.long)
+        todo = [b for b, r in enumerate(rows) if r.rescore]
+        if not todo:
+            return extra
+        batch = collate([rows[b] for b in todo]).to(next(self.model.parameters()).device)
+        scored = torch.zeros(batch.ids.shape, dtype=torch.bool, device=batch.ids.device)
+        rank = torch.full(batch.ids.shape, -1, dtype=torch.long, device=batch.ids.device)
+        for i, b in enumerate(todo):
+            for start, n, _ in rows[b].rescore:
+                scored[i, start:start + n] = True
+                rank[i, start:start + n] = torch.arange(n)
+        logp = torch.zeros(batch.ids.shape, dtype=torch.float64, device=batch.ids.device)
+        for j in range(folds):
+            hide = scored & (rank % folds == j)
+            if not hide.any():
+                continue
+            x = torch.where(hide | batch.targets, MASK, batch.ids)
+            with autocast(batch.ids.device, self.amp_dtype):
+                h = self.model.features(x, batch.modality, batch.positions, batch.pad_mask)
+                logits = self.model.logits(h[hide], batch.modality[hide]).float()
+            logp[hide] = logits.double().log_softmax(-1).gather(1, batch.ids[hide].unsqueeze(1)).squeeze(1)
+            extra[todo] += 1
+        for i, b in enumerate(todo):
+            for start, n, strength in rows[b].rescore:
+                k = math.floor(strength * n + 0.5)
+                order = torch.sort(logp[i, start:start + n].cpu(), stable=True).indices[:k]  # least likely first
+                rows[b].targets[start + order] = True
+        return extra
 
     def complete(self, prompt: Any = None, *, modality: str | None = None, num: int = 1,
                  length: int | None = None, **kwargs) -> Generation:
@@ -196,7 +261,8 @@ class Pipeline:
         return self.generate([segments] * num, **kwargs)
 
     def infill(self, template: str, *, modality: str | None = None, num: int = 1, **kwargs) -> Generation:
-        """Fill the holes of a template: ``<mask:N>`` marks N tokens to generate, anywhere and any number of times.
+        """Fill the holes of a template, anywhere and any number of times: ``<mask:N>`` marks exactly N tokens to
+        generate, ``<blank:N>`` up to N (needs a model trained with blanks; the shipped text model is).
 
         E.g. ``"ROMEO\\nO, <mask:20> art thou Romeo?"``. Other keyword arguments go to `generate`.
         """
@@ -207,33 +273,42 @@ class Pipeline:
         return self.generate([segments] * num, **kwargs)
 
     def edit(self, content: Any, strength: float, *, modality: str | None = None, num: int = 1,
-             **kwargs) -> Generation:
+             order: str = "random", prompt: Any = None, **kwargs) -> Generation:
         """Re-generate a fraction ``strength`` of the tokens of ``content`` (0: unchanged, 1: all of them).
 
-        The tokens to re-mask are drawn at random (per sample seed); the rest of the content is the context.
+        Args:
+            order: "random" re-masks tokens drawn at random (per sample seed); "confidence" re-masks the tokens
+                the model finds least likely in their context first (costs 8 extra forward passes).
+            prompt: a condition given before the content (e.g. another play's title, for style transfer); the
+                output then starts with it.
+        Other keyword arguments go to `generate`; the rest of the content is the context.
         """
         m = self.modality(modality)
         if num < 1:
             raise UnidiffError(f"--num must be at least 1; got {num}")
-        return self.generate([[Segment(m.name, content, role="edit", strength=strength)]] * num, **kwargs)
+        segments = [Segment(m.name, prompt)] if prompt not in (None, "") else []
+        segments.append(Segment(m.name, content, role="edit", strength=strength, order=order))
+        return self.generate([segments] * num, **kwargs)
 
 
-HOLE = re.compile(r"<mask:(\d+)>")
+HOLE = re.compile(r"<(mask|blank):(\d+)>")
 
 
 def parse_holes(template: str, modality: str) -> list[Segment]:
-    """Split a template into given segments and ``<mask:N>`` holes of N tokens to generate."""
+    """Split a template into given segments and holes: ``<mask:N>`` is exactly N tokens to generate,
+    ``<blank:N>`` up to N (the model fills unused positions with BLANK, dropped on decode)."""
     segments, pos = [], 0
     for match in HOLE.finditer(template):
         if match.start() > pos:
             segments.append(Segment(modality, template[pos:match.start()]))
-        n = int(match.group(1))
+        n = int(match.group(2))
         if n < 1:
             raise UnidiffError(f"hole {match.group(0)!r} at character {match.start()} must ask for at least 1 token")
-        segments.append(Segment(modality, role="generate", length=n))
+        segments.append(Segment(modality, role="generate", length=n, variable=match.group(1) == "blank"))
         pos = match.end()
     if pos < len(template):
         segments.append(Segment(modality, template[pos:]))
     if not any(seg.role == "generate" for seg in segments):
-        raise UnidiffError("the template has no hole to fill: mark one with <mask:N>, e.g. 'To be, <mask:12> be'")
+        raise UnidiffError("the template has no hole to fill: mark one with <mask:N> (exactly N tokens) or "
+                           "<blank:N> (up to N), e.g. 'To be, <mask:12> be'")
     return segments

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-# Independent streams: the token draws, the policy's choices, the positions an edit re-masks.
-STREAM_TOKEN, STREAM_POLICY, STREAM_EDIT = 1, 2, 3
+# Independent streams (four fit in a step): the token draws, the policy's choices, the positions an edit
+# re-masks, the tokens a sampling step re-masks (remasking).
+STREAM_TOKEN, STREAM_POLICY, STREAM_EDIT, STREAM_REMASK = 1, 2, 3, 0
 
 
 def _i64(x: int) -> int:

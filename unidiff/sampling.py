@@ -1,28 +1,31 @@
 """The sampling loop: iterative parallel unmasking of a batch, visible in one function (`sample`).
 
 Every position to generate starts as MASK; given positions (a prompt, the other segments) are clamped and never
-change. Step k of a row with S steps walks the reverse process from t = 1 - k/S to s = 1 - (k+1)/S on the time
-grid of a schedule. Each step:
+change. The targets of a row decode in *groups*: by default one per row; segments with their own policy, steps or
+schedule (``batch.group``, see `GroupSpec`) form their own, decoded concurrently with the rest of the row, and
+with ``block_length`` each group is cut, left to right, into blocks decoded one after the other (LLaDA's
+semi-autoregressive order), each with its share of the group's steps and its own time grid. Step k of a block
+with S steps walks the reverse process from t = 1 - k/S to s = 1 - (k+1)/S on its schedule. Each step:
 
-1. runs the denoiser on the rows that still have masks (finished rows drop out of the batch) and whose policy
-   may commit something this step (the budget is known before the pass, so a step that would commit nothing
-   costs nothing), and computes logits only at masked positions;
-2. proposes a clean token at every masked position: a draw from the model's distribution after temperature,
-   top-k and top-p (temperature 0: the argmax), with its model probability as the *confidence*;
-3. asks the unmasking policy which masked positions to commit. The schedule gives two budgets a policy may use:
-   ``p_unmask = (alpha(s) - alpha(t)) / (1 - alpha(t))``, the probability that the reverse process reveals a
-   masked position now (ancestral sampling), and ``n_commit``, the count that leaves
-   ``floor(N (1 - alpha(s)))`` of the row's N target positions masked (confidence-style policies);
-4. writes the committed proposals. The last step commits every position still masked.
-
-With ``block_length`` (semi-autoregressive order, as in LLaDA) the targets of a row are cut, left to right, into
-blocks; only the current block is masked-and-decoded, with its own share of the steps and its own time grid.
+1. computes each group's budget: ``p_unmask = (alpha(s) - alpha(t)) / (1 - alpha(t))``, the probability that
+   the reverse process reveals a masked position now (ancestral sampling), and ``n_commit``, the count that
+   leaves ``floor(N (1 - alpha(s)))`` of the block's N positions masked (confidence-style policies);
+2. with remasking (ReMDM, rescaled), re-masks each token the block has already committed with probability
+   ``sigma = remask * min(1, (1 - alpha(s)) / alpha(t))`` and raises the budgets to match, so the block stays
+   on its schedule while revisiting earlier choices;
+3. runs the denoiser on the rows that have a group able to commit something (the budgets are known before the
+   pass, so a step that would commit nothing costs nothing); with guidance w, a second pass hides the
+   conditioning positions (``batch.condition``) and the logits become ``uncond + w * (cond - uncond)``;
+4. proposes a clean token at every masked position of the current blocks: a draw from the model's distribution
+   after temperature, top-k and top-p (temperature 0: the argmax), with its model probability as confidence;
+5. asks each group's policy which positions to commit (a policy sees one "row" per group); the last step of a
+   block commits all it has left.
 
 Randomness is counter-based: every uniform is a hash of (row seed, step, stream, position), so a row's tokens do
 not depend on which other rows share its batch, on padding, or on the device's RNG: row i of a batch equals the
 same row generated alone with the same seed (up to the model's own float rounding between a padded and an
-unpadded row, against which confidences are quantised so that exact ties stay ties). Rows may differ in length
-and number of steps; the loop does no per-row Python work.
+unpadded row, against which confidences are quantised so that exact ties stay ties). The loop's Python work is
+per distinct policy and schedule, never per row.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from unidiff.device import autocast
 from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
 from unidiff.policies import Policy, StepContext, quantise_prob
-from unidiff.rng import STREAM_POLICY, STREAM_TOKEN, hashed_uniform
+from unidiff.rng import STREAM_POLICY, STREAM_REMASK, STREAM_TOKEN, hashed_uniform
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
 
@@ -104,46 +107,83 @@ class SampleOutput:
         return float(self.generated.sum()) / max(self.seconds, 1e-9)
 
 
-def step_budget(n_targets: torch.Tensor, steps: torch.Tensor, k: int | torch.Tensor, schedule: Schedule):
-    """For rows with N targets and S steps at step k (an int, or one per row): (p_unmask, n_left_masked) after
-    the step, as (B,) tensors."""
+def step_budget(n_targets: torch.Tensor, steps: torch.Tensor, k: int | torch.Tensor, schedule: Schedule,
+                remask: float = 0.0):
+    """For groups with N targets and S steps at step k (an int, or one per group): (p_unmask, n_left_masked,
+    sigma) after the step, as (G,) tensors. ``sigma`` is the probability of re-masking a committed token
+    (``remask`` times ReMDM's largest admissible value); ``p_unmask`` already includes the matching rise."""
     S = steps.double().clamp(min=1)
     t = (1.0 - k / S).clamp(0, 1)
     s = (1.0 - (k + 1) / S).clamp(0, 1)
     m_t, m_s = schedule.mask_prob(t), schedule.mask_prob(s)  # 1 - alpha, the masked fractions
-    p_unmask = ((m_t - m_s) / m_t.clamp(min=1e-12)).clamp(0, 1)
+    sigma = remask * torch.where(m_t < 1, m_s / (1 - m_t).clamp(min=1e-12), torch.zeros_like(m_s)).clamp(0, 1)
+    p_unmask = ((m_t - m_s + sigma * (1 - m_t)) / m_t.clamp(min=1e-12)).clamp(0, 1)
     left = torch.floor(n_targets.double() * m_s + 1e-6).long()
-    return p_unmask, left
+    return p_unmask, left, sigma
+
+
+@dataclass
+class GroupSpec:
+    """Sampling settings of the targets whose ``batch.group`` is this spec's number (1 for the first spec).
+
+    Args:
+        policy: the group's unmasking policy (None: the call's).
+        steps: the group's steps (None: the call's steps for its row).
+        schedule: the group's time grid (None: the call's).
+    """
+
+    policy: Policy | None = None
+    steps: int | None = None
+    schedule: Schedule | str | None = None
+
+
+def _logits(model, h, modality, blank):
+    return model.logits(h, modality) if blank is None else model.logits(h, modality, blank=blank)
+
+
+def _scatter_sum(index: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.long, device=index.device).index_add_(0, index, values.long())
 
 
 @torch.no_grad()
 def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[int] | torch.Tensor | None = None,
            seeds: int | Sequence[int] | torch.Tensor = 0, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, schedule: Schedule | str = "linear", amp_dtype: torch.dtype | None = None,
-           block_length: int | None = None,
+           block_length: int | None = None, remask: float = 0.0, guidance: float = 1.0,
+           groups: Sequence[GroupSpec] = (),
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SampleOutput:
     """Generate the target positions of ``batch``.
 
     Args:
         model: the denoiser (its device is used).
         batch: rows to complete; ``batch.targets`` marks the positions to generate, every other non-pad position
-            is given and stays as it is.
+            is given and stays as it is. ``batch.group`` (optional) puts targets in groups: 0 follows this call's
+            settings, g >= 1 follows ``groups[g - 1]``. ``batch.blank_ok`` marks positions that may become BLANK.
         policy: which masked positions each step commits (see `unidiff.policies`).
         steps: sampling steps per row (an int for all rows, or one per row); None gives one step per generated
-            token. A row never takes more steps than it has targets.
+            token. A group never takes more steps than it has targets.
         seeds: one seed per row, or an int: row b then gets seed + b.
         temperature, top_k, top_p: how proposals are drawn (temperature 0 = argmax).
         schedule: the time grid of the reverse process (a name or a `Schedule`).
         amp_dtype: autocast dtype for the forward passes (None: fp32).
-        block_length: semi-autoregressive order (LLaDA): the targets of a row, left to right, in blocks of this
+        block_length: semi-autoregressive order (LLaDA): each group's targets, left to right, in blocks of this
             many; a block is decoded (with an equal share of the steps) only after the previous one is complete.
+        remask: ReMDM remasking strength in [0, 1] (0: off): the fraction of the largest admissible re-masking
+            probability applied to tokens already committed in the current block.
+        guidance: classifier-free guidance scale w (1: off; 0: unconditional). Costs a second forward pass.
+        groups: settings of the groups numbered 1, 2, ... in ``batch.group``.
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
     """
     if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
         raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
                            f"top_p={top_p}, top_k={top_k}")
-    schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    if not 0.0 <= remask <= 1.0:
+        raise UnidiffError(f"remask must lie in [0, 1] (0: off); got {remask}")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise UnidiffError(f"guidance must be a finite number >= 0 (1: off, 0: unconditional); got {guidance}")
+    if block_length is not None and block_length < 1:
+        raise UnidiffError(f"block_length must be at least 1; got {block_length}")
     device = next(model.parameters()).device
     batch = batch.to(device)
     B, L = batch.ids.shape
@@ -152,54 +192,128 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
     if isinstance(seeds, int):
         seeds = seeds + torch.arange(B)
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=device).reshape(B)
-    if steps is None:
-        steps = n_targets.clamp(min=1)
-    steps = torch.as_tensor(steps, dtype=torch.long, device=device).expand(B)
-    if (steps < 1).any():
-        raise UnidiffError(f"steps must be at least 1; got {steps.min().item()}")
-    if block_length is not None and block_length < 1:
-        raise UnidiffError(f"block_length must be at least 1; got {block_length}")
+    row_steps = n_targets.clamp(min=1) if steps is None else \
+        torch.as_tensor(steps, dtype=torch.long, device=device).expand(B)
+    if (row_steps < 1).any():
+        raise UnidiffError(f"steps must be at least 1; got {row_steps.min().item()}")
 
-    # Blocks: the targets of a row, in position order, cut into runs of block_length (one block when None). The
-    # steps are shared out as evenly as possible (the first steps % n_blocks blocks get one more), at least one each.
-    rank = targets.long().cumsum(1) - 1  # (B, L) index of each target within its row
-    size = block_length or max(L, 1)
-    block_of = torch.where(targets, rank // size, -1)  # (B, L)
-    n_blocks = ((n_targets + size - 1) // size).clamp(min=1)
-    current = torch.zeros(B, dtype=torch.long, device=device)  # the block each row is decoding
-    local = torch.zeros(B, dtype=torch.long, device=device)  # the step within that block
+    # The settings table: entry 0 is this call's, entry g the g-th GroupSpec's. Distinct policies and schedules
+    # get small integer ids so the loop can select with tensors.
+    specs = [GroupSpec(policy, None, schedule)] + [GroupSpec(g.policy or policy, g.steps, g.schedule or schedule)
+                                                   for g in groups]
+    policies, schedules = [], []
+    pol_of, sch_of, spec_steps = [], [], []
+    for g in specs:
+        sch = get_schedule(g.schedule) if isinstance(g.schedule, str) else g.schedule
+        pol_of.append(next((i for i, p in enumerate(policies) if p is g.policy), len(policies)))
+        if pol_of[-1] == len(policies):
+            policies.append(g.policy)
+        sch_of.append(next((i for i, q in enumerate(schedules) if q is sch or q == sch), len(schedules)))
+        if sch_of[-1] == len(schedules):
+            schedules.append(sch)
+        if g.steps is not None and g.steps < 1:
+            raise UnidiffError(f"a group's steps must be at least 1; got {g.steps}")
+        spec_steps.append(-1 if g.steps is None else g.steps)
+    G = len(specs)
+    group = torch.zeros_like(batch.ids) if batch.group is None else batch.group.clamp(min=0)
+    if int(group.max()) >= G:
+        raise UnidiffError(f"batch.group uses group {int(group.max())} but only {G - 1} GroupSpec(s) were given")
 
+    # Instances: one per (row, group) that has targets. Each target's rank within its instance cuts it into blocks.
+    key = torch.arange(B, device=device).unsqueeze(1) * G + group  # (B, L)
+    uniq, inst = torch.unique(key[targets], return_inverse=True)
+    I = len(uniq)
     x = torch.where(targets, MASK, batch.ids)
     nfe = torch.zeros(B, dtype=torch.long, device=device)
+    if I == 0:  # nothing to generate (e.g. edits of strength 0)
+        return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=0.0)
+    inst_at = torch.full((B, L), -1, dtype=torch.long, device=device)
+    inst_at[targets] = inst
+    i_row, i_spec = uniq // G, uniq % G  # (I,)
+    onehot = torch.nn.functional.one_hot(group, G) * targets.unsqueeze(-1)  # (B, L, G)
+    rank = (onehot.cumsum(1).gather(2, group.unsqueeze(-1)).squeeze(-1) - 1)  # index within its instance
+    size = block_length or max(L, 1)
+    block_of = torch.where(targets, rank // size, -1)  # (B, L)
+    i_n = _scatter_sum(inst, torch.ones_like(inst), I)
+    i_blocks = ((i_n + size - 1) // size).clamp(min=1)
+    spec_steps_t = torch.tensor(spec_steps, device=device)[i_spec]
+    i_steps = torch.where(spec_steps_t > 0, spec_steps_t, row_steps[i_row])  # (I,)
+    i_pol = torch.tensor(pol_of, device=device)[i_spec]
+    i_sch = torch.tensor(sch_of, device=device)[i_spec]
+    current = torch.zeros(I, dtype=torch.long, device=device)  # the block each instance is decoding
+    local = torch.zeros(I, dtype=torch.long, device=device)  # the step within that block
+    inst_c = inst_at.clamp(min=0)
+
+    condition = batch.condition if batch.condition is not None else ~batch.targets
+    condition = condition & ~batch.pad_mask
+    blank_ok = batch.blank_ok
+    passes = 2 if guidance != 1.0 else 1
     positions = torch.arange(L, device=device)
-    may_commit = getattr(policy, "may_commit", None)
+    i_index = torch.arange(I, device=device)
     start = time.perf_counter()
     k = 0
     while True:
         masked = targets & (x == MASK)
-        live = masked.any(1)  # (B,) rows still generating
-        if not live.any():
+        in_block = targets & (block_of == current[inst_c])  # (B, L): positions of each instance's current block
+        mb = masked & in_block
+        left_now = _scatter_sum(inst_at[mb], torch.ones(int(mb.sum()), dtype=torch.long, device=device), I)
+        if not (left_now > 0).any():
             break
-        # The step's budget is known before the forward pass ...
-        in_block = block_of == current.unsqueeze(1)  # (B, L)
-        mb = masked & in_block  # only the current block is decoded
-        n_block = (targets & in_block).sum(1)
-        s_block = (steps // n_blocks + (current < steps % n_blocks).long()).clamp(min=1)
+        live = left_now > 0  # (I,)
+        # The step's budgets, per instance, before the forward pass.
+        n_block = _scatter_sum(inst_at[in_block], torch.ones(int(in_block.sum()), dtype=torch.long,
+                                                             device=device), I)
+        s_block = (i_steps // i_blocks + (current < i_steps % i_blocks).long()).clamp(min=1)
         s_block = torch.minimum(s_block, n_block.clamp(min=1))
-        p_unmask, left = step_budget(n_block, s_block, local, schedule)
+        p_unmask = torch.zeros(I, dtype=torch.float64, device=device)
+        left = torch.zeros(I, dtype=torch.long, device=device)
+        sigma = torch.zeros(I, dtype=torch.float64, device=device)
+        for j, sch in enumerate(schedules):
+            p_j, l_j, s_j = step_budget(n_block, s_block, local, sch, remask)
+            sel = i_sch == j
+            p_unmask, left, sigma = torch.where(sel, p_j, p_unmask), torch.where(sel, l_j, left), \
+                torch.where(sel, s_j, sigma)
         last = local + 1 >= s_block  # a block's final step commits all it has left
-        ctx = StepContext(masked=mb, tokens=None, confidence=None, n_commit=(mb.sum(1) - left).clamp(min=0),
-                          p_unmask=p_unmask, uniform=hashed_uniform(seeds.unsqueeze(1), k, STREAM_POLICY, positions))
-        # ... so a row whose policy would commit nothing this step skips the forward pass (it costs no NFE).
-        run = live & (last | may_commit(ctx)) if may_commit is not None else live
-        local = torch.where(live & ~run, local + 1, local)
-        rows = run.nonzero().squeeze(1)
+        uniform = hashed_uniform(seeds.unsqueeze(1), k, STREAM_POLICY, positions)  # (B, L)
+        re = torch.zeros_like(masked)
+        if remask > 0:  # ReMDM: committed tokens of the current block go back to MASK with probability sigma
+            u_re = hashed_uniform(seeds.unsqueeze(1), k, STREAM_REMASK, positions)
+            re = in_block & ~masked & (u_re < sigma[inst_c]) & (live & ~last)[inst_c]
+        n_re = _scatter_sum(inst_at[re], torch.ones(int(re.sum()), dtype=torch.long, device=device), I)
+        n_commit = torch.minimum((left_now - left).clamp(min=0) + n_re, left_now)
+        # One policy "row" per instance: its masked positions of the current block, in its row.
+        vm = mb[i_row] & (inst_at[i_row] == i_index.unsqueeze(1))  # (I, L)
+        go = live & (last | (n_re > 0))
+        for j, pol in enumerate(policies):
+            may = getattr(pol, "may_commit", None)
+            sel = (i_pol == j) & live
+            if may is None:
+                go |= sel
+            elif sel.any():
+                idx = sel.nonzero().squeeze(1)
+                ctx = StepContext(masked=vm[idx], tokens=None, confidence=None, n_commit=n_commit[idx],
+                                  p_unmask=p_unmask[idx], uniform=uniform[i_row[idx]])
+                go[idx] |= may(ctx)
+        # ... so a row none of whose groups would commit anything skips the forward pass (it costs no NFE).
+        run_row = _scatter_sum(i_row, go, B) > 0
+        rows = run_row.nonzero().squeeze(1)
+        step_inst = live & run_row[i_row]  # instances decided by the model this step
         if len(rows):
             xa, ma = x[rows], mb[rows]  # (b, L)
+            where = ma.nonzero(as_tuple=True)
+            mods = batch.modality[rows]
+            blank = blank_ok[rows][where] if blank_ok is not None else None
             with autocast(device, amp_dtype):
-                h = model.features(xa, batch.modality[rows], batch.positions[rows], batch.pad_mask[rows])
-                where = ma.nonzero(as_tuple=True)
-                logits = model.logits(h[where], batch.modality[rows][where]).float()  # (n_masked, V)
+                if passes == 2:  # the unconditional pass hides the conditioning positions from attention
+                    hidden = torch.cat([batch.pad_mask[rows], batch.pad_mask[rows] | condition[rows]])
+                    h = model.features(xa.repeat(2, 1), mods.repeat(2, 1), batch.positions[rows].repeat(2, 1),
+                                       hidden)
+                    lc = _logits(model, h[:len(rows)][where], mods[where], blank).float()
+                    lu = _logits(model, h[len(rows):][where], mods[where], blank).float()
+                    logits = torch.where(torch.isfinite(lc), lu + guidance * (lc - lu), lc)
+                else:
+                    h = model.features(xa, mods, batch.positions[rows], batch.pad_mask[rows])
+                    logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
             probs = logits.double().softmax(-1)  # (n_masked, V)
             u = hashed_uniform(seeds[rows][where[0]], k, STREAM_TOKEN, where[1])
             tok, conf = propose(logits, u, temperature, top_k, top_p, probs=probs)
@@ -207,14 +321,30 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             tokens[where] = tok
             confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
             confidence[where] = quantise_prob(conf)
-            step_ctx = StepContext(masked=ma, tokens=tokens, confidence=confidence, n_commit=ctx.n_commit[rows],
-                                   p_unmask=p_unmask[rows], uniform=ctx.uniform[rows], probs=probs)
-            commit = (policy.commit(step_ctx) | last[rows].unsqueeze(1)) & ma
+            at = torch.full_like(xa, -1)  # index of each masked position's row in probs
+            at[where] = torch.arange(len(tok), device=device)
+            local_row = torch.full((B,), -1, dtype=torch.long, device=device)
+            local_row[rows] = torch.arange(len(rows), device=device)
+            commit = torch.zeros(xa.shape, dtype=torch.long, device=device)
+            for j, pol in enumerate(policies):
+                idx = ((i_pol == j) & step_inst).nonzero().squeeze(1)
+                if not len(idx):
+                    continue
+                lr, m = local_row[i_row[idx]], vm[idx]
+                ctx = StepContext(masked=m, tokens=tokens[lr], confidence=confidence[lr], n_commit=n_commit[idx],
+                                  p_unmask=p_unmask[idx], uniform=uniform[i_row[idx]], probs=probs[at[lr][m]])
+                chosen = (pol.commit(ctx) | last[idx].unsqueeze(1)) & m
+                commit.index_add_(0, lr, chosen.long())
+            commit = commit > 0
             x[rows] = torch.where(commit, tokens, xa)
-            nfe[rows] += 1
-            block_done = last[rows] | ~(ma & ~commit).any(1)  # a block may also finish before its last step
-            current[rows] += block_done.long()
-            local[rows] = torch.where(block_done, 0, local[rows] + 1)
+            nfe[rows] += passes
+        x = torch.where(re, MASK, x)
+        # Advance every live instance; a block is done after its last step or once nothing in it is masked.
+        rest = targets & (x == MASK) & in_block
+        still = _scatter_sum(inst_at[rest], torch.ones(int(rest.sum()), dtype=torch.long, device=device), I)
+        done = live & ((step_inst & last) | (still == 0))
+        current = current + done.long()
+        local = torch.where(done, 0, torch.where(live, local + 1, local))
         if callback is not None:
             callback(k, rows, x)
         k += 1
