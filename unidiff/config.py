@@ -60,6 +60,8 @@ class SampleConfig:
     policy: str = "confidence"
     temperature: float = 1.0
     steps_per_token: float = 1.0  # steps = ceil(generated tokens * steps_per_token)
+    remask: float = 0.0  # ReMDM remasking strength (0: off)
+    guidance: float = 1.0  # classifier-free guidance scale (1: off)
     chosen_by: str = ""  # the measurement that chose them
 
 
@@ -93,9 +95,11 @@ class Config:
         for key, (value, lo, hi, closed) in ranges.items():
             if not (lo <= value <= hi if closed else lo <= value < hi):
                 raise UnidiffError(f"config key {key} must lie in [{lo}, {hi}{']' if closed else ')'}; got {value}")
-        if not (self.sample.temperature >= 0 and 0 < self.sample.steps_per_token <= 1):
-            raise UnidiffError(f"[sample] needs temperature >= 0 and 0 < steps_per_token <= 1; got "
-                               f"{self.sample.temperature}, {self.sample.steps_per_token}")
+        sc = self.sample
+        if not (sc.temperature >= 0 and 0 < sc.steps_per_token <= 1 and 0 <= sc.remask <= 1 and sc.guidance >= 0):
+            raise UnidiffError(f"[sample] needs temperature >= 0, 0 < steps_per_token <= 1, 0 <= remask <= 1 and "
+                               f"guidance >= 0; got {sc.temperature}, {sc.steps_per_token}, {sc.remask}, "
+                               f"{sc.guidance}")
         if d.blank_max < 1:
             raise UnidiffError(f"config key data.blank_max must be at least 1; got {d.blank_max}")
         for key, value in {"train.warmup": t.warmup, "train.weight_decay": t.weight_decay,
