@@ -54,15 +54,17 @@ class TableModel(nn.Module):
         return out
 
 
-def abc_batch(*segments):
-    return collate([encode_row(list(segments), VocabLayout({"abc": 3}), {"abc": Letters()})])
-
-
 class Letters:
+    """A fake modality: "abc" strings, one local id per letter."""
+
     name, vocab_size = "abc", 3
 
     def encode(self, s):
         return ["abc".index(ch) for ch in s]
+
+
+def abc_row(*segments):
+    return encode_row(list(segments), VocabLayout({"abc": 3}), {"abc": Letters()})
 
 
 def trace(model, batch, policy, **kw):
@@ -117,12 +119,12 @@ def test_step_budget_with_remasking_by_hand():
     lin = get_schedule("linear")
     n, s, k = torch.tensor([12] * 4), torch.tensor([4] * 4), torch.arange(4)
     p, left, sigma = step_budget(n, s, k, lin, remask=0.5)
-    assert sigma.tolist() == pytest.approx([0.0, 0.5 * min(1, 0.5 / 0.25), 0.5 * min(1, 0.25 / 0.5), 0.0])
-    assert p.tolist() == pytest.approx([0.25, (0.25 + 0.5 * 0.25) / 0.75, (0.25 + 0.25 * 0.5) / 0.5, 1.0])
+    assert sigma.tolist() == pytest.approx([0.0, 0.5, 0.25, 0.0])  # 0.5 min(1, 2), 0.5 min(1, 1/2)
+    assert p.tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])  # (1/4 + 1/8) / (3/4), (1/4 + 1/8) / (1/2)
     assert left.tolist() == [9, 6, 3, 0]  # remasking never changes the schedule's masked counts
     p, left, sigma = step_budget(n, s, k, lin, remask=1.0)
     assert sigma.tolist() == pytest.approx([0.0, 1.0, 0.5, 0.0])
-    assert p.tolist() == pytest.approx([0.25, 2 / 3, 1.0, 1.0])
+    assert p.tolist() == pytest.approx([0.25, 2 / 3, 1.0, 1.0])  # (1/4 + 1/4) / (3/4), (1/4 + 1/4) / (1/2)
     assert step_budget(n, s, k, lin, remask=0.0)[2].tolist() == [0.0] * 4
     # Cosine, N=8, S=4: m(t) = cos(pi/2 (1 - t)).
     m = [math.cos(math.pi / 2 * (1 - t)) for t in (1.0, 0.75, 0.5, 0.25, 0.0)]
@@ -164,11 +166,10 @@ def test_remasking_is_exactly_the_committed_tokens_whose_uniform_is_below_sigma(
     assert not (out.ids == MASK).any() and out.nfe.tolist() == [4]
 
 
-@pytest.mark.xfail(strict=True, reason="sample() re-masks every committed token with u < sigma even when they "
-                                       "outnumber floor(N m_s): the step then leaves more masked than its schedule")
 def test_remasking_never_leaves_more_masked_than_the_schedule():
-    """Seed 1, remask 0.5: step 2 draws 4 re-masks among 6 committed tokens (sigma 1/4) but the schedule leaves
-    floor(12 * 1/4) = 3 masked: the budget n_commit = min(left_now - left + n_re, left_now) is capped, so 4 stay."""
+    """Seed 1, remask 0.5: at step 2 five of the 6 committed tokens draw u < sigma = 1/4, but the schedule leaves
+    floor(12 * 1/4) = 3 masked: n_commit = min(left_now - left + n_re, left_now) commits all 6 masked positions and
+    the 5 re-masks stay, so the step ends with 5 masked instead of 3."""
     _, _, states = remask_trajectory(1, 0.5)
     assert [int((x == MASK).sum()) for x in states] == [9, 6, 3, 0]
 
@@ -207,7 +208,7 @@ UNCOND = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 2.0], [0.0, 2.0, 1.0], [1.0, 
 
 
 def guidance_batch():
-    return abc_batch(Segment("abc", "a"), Segment("abc", role="generate", length=3))
+    return collate([abc_row(Segment("abc", "a"), Segment("abc", role="generate", length=3))])
 
 
 @pytest.mark.parametrize("w, symbols", [
@@ -247,6 +248,16 @@ def test_guided_proposal_distribution_and_cost(w):
         assert [m.tolist() for m in model.masks] == [[[False] * 4, [True, False, False, False]]]
 
 
+def test_the_unconditional_pass_hides_the_given_positions_and_the_padding():
+    model = TableModel(COND, UNCOND)
+    batch = collate([abc_row(Segment("abc", "a"), Segment("abc", role="generate", length=3)),
+                     abc_row(Segment("abc", "ab"), Segment("abc", role="generate", length=1))])
+    F, T = False, True
+    sample(model, batch, Confidence(), steps=1, guidance=2.0)
+    assert model.masks[0].tolist() == [[F, F, F, F], [F, F, F, T],  # conditional: the padding only
+                                       [T, F, F, F], [T, T, F, T]]  # unconditional: padding and given tokens
+
+
 def test_guidance_one_is_the_default_and_guidance_doubles_the_nfe():
     model = tiny_denoiser(3)
     batch = collate(text_rows(REQUESTS, model.layout))
@@ -277,8 +288,7 @@ def distinct_table(n, seed=0):
 
 def grouped_batch(n0, n1):
     """One row of n0 + n1 generated positions: the first n0 in group 0, the rest in group 1."""
-    row = encode_row([Segment("abc", role="generate", length=n0 + n1)], VocabLayout({"abc": 3}), {})
-    return collate([row], [torch.tensor([0] * n0 + [1] * n1)])
+    return collate([abc_row(Segment("abc", role="generate", length=n0 + n1))], [torch.tensor([0] * n0 + [1] * n1)])
 
 
 def committed_per_group(states, n0):
@@ -315,6 +325,20 @@ def test_group_with_its_own_policy_equals_that_policy_alone():
     for b, alone in enumerate([first, second, third]):
         assert torch.equal(alone.ids[0], together.ids[b, :len(rows[b].ids)])
     assert together.nfe.tolist() == [5, 3, 5]
+
+
+def test_segments_with_their_own_settings_decode_as_groups_in_the_pipeline():
+    """Two segments with steps=1 share one group (all 7 targets in one step), a random-policy segment takes its
+    6 steps, the plain segment the call's 2: the row costs 6 passes."""
+    pipe = Pipeline(tiny_denoiser(6), {"text": Bytes()}, config={}, registry=Registry())
+    segments = [Segment("text", "ab"), Segment("text", role="generate", length=4, steps=1),
+                Segment("text", role="generate", length=6, policy="random", steps=6),
+                Segment("text", role="generate", length=3, steps=1), Segment("text", role="generate", length=2)]
+    specs, groups = pipe._groups([segments], pipe.encode([segments]))
+    assert [(type(g.policy).__name__ if g.policy else None, g.steps) for g in specs] == [(None, 1), ("Random", 6)]
+    assert groups[0].tolist() == [0, 0] + [1] * 4 + [2] * 6 + [1] * 3 + [0] * 2
+    gen = pipe.generate([segments], steps=2, seed=0)
+    assert gen.nfe == [6] and gen.generated == [15] and gen.texts[0].startswith("ab")
 
 
 def test_groups_that_have_no_spec_or_bad_steps_raise():

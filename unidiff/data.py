@@ -298,8 +298,9 @@ class Windows:
 
 
 def insert_blanks(batch: Batch, blank: int, max_runs: int, max_len: int, generator: torch.Generator) -> Batch:
-    """Insert BLANK runs into training rows: each row gets 0..max_runs runs (uniform), each of 1..max_len blanks
-    (uniform), at uniform places among its targets; the row is then cut back to its length. Blanks are targets,
+    """Insert BLANK runs into training rows: each row gets 0..max_runs insertions (uniform), each of 1..max_len
+    blanks (uniform), at a uniform place in the row as it stands (so a later insertion may land next to or inside an
+    earlier one, making one longer run); the row is then cut back to its length. Blanks are targets,
     so the model learns where "nothing" may stand, which is what lets it fill a hole of up to N tokens with fewer."""
     B, L = batch.ids.shape
     ids, targets, pad = batch.ids.clone(), batch.targets.clone(), batch.pad_mask.clone()

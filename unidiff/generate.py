@@ -209,6 +209,8 @@ class Pipeline:
         1/folds of the edited segment masked at a time (``folds`` forward passes, counted as NFE), and the
         ``strength`` fraction with the lowest probability become targets. Returns (B,) extra forward passes."""
         extra = torch.zeros(len(rows), dtype=torch.long)
+        for r in rows:  # an edit that re-masks nothing needs no scores
+            r.rescore = [e for e in (r.rescore or []) if math.floor(e[2] * e[1] + 0.5) > 0]
         todo = [b for b, r in enumerate(rows) if r.rescore]
         if not todo:
             return extra

@@ -11,8 +11,9 @@ with S steps walks the reverse process from t = 1 - k/S to s = 1 - (k+1)/S on it
    the reverse process reveals a masked position now (ancestral sampling), and ``n_commit``, the count that
    leaves ``floor(N (1 - alpha(s)))`` of the block's N positions masked (confidence-style policies);
 2. with remasking (ReMDM, rescaled), re-masks each token the block has already committed with probability
-   ``sigma = remask * min(1, (1 - alpha(s)) / alpha(t))`` and raises the budgets to match, so the block stays
-   on its schedule while revisiting earlier choices;
+   ``sigma = remask * min(1, (1 - alpha(s)) / alpha(t))`` (at most as many as the step leaves masked: the
+   smallest uniforms win) and raises the budgets to match, so the block stays on its schedule while revisiting
+   earlier choices;
 3. runs the denoiser on the rows that have a group able to commit something (the budgets are known before the
    pass, so a step that would commit nothing costs nothing); with guidance w, a second pass hides the
    conditioning positions (``batch.condition``) and the logits become ``uncond + w * (cond - uncond)``;
@@ -41,7 +42,7 @@ from unidiff.data import Batch
 from unidiff.device import autocast
 from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
-from unidiff.policies import Policy, StepContext, quantise_prob
+from unidiff.policies import Policy, StepContext, quantise_prob, top_n
 from unidiff.rng import STREAM_POLICY, STREAM_REMASK, STREAM_TOKEN, hashed_uniform
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
@@ -279,6 +280,11 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         if remask > 0:  # ReMDM: committed tokens of the current block go back to MASK with probability sigma
             u_re = hashed_uniform(seeds.unsqueeze(1), k, STREAM_REMASK, positions)
             re = in_block & ~masked & (u_re < sigma[inst_c]) & (live & ~last)[inst_c]
+            # At most `left` of them (the smallest uniforms), so the step can still end with exactly `left` masked.
+            rv = re[i_row] & (inst_at[i_row] == torch.arange(I, device=device).unsqueeze(1))  # (I, L)
+            keep = top_n(-u_re[i_row], rv, left)
+            re = torch.zeros_like(re).index_put_((i_row.unsqueeze(1).expand_as(keep)[keep], keep.nonzero()[:, 1]),
+                                                 torch.tensor(True, device=device))
         n_re = _scatter_sum(inst_at[re], torch.ones(int(re.sum()), dtype=torch.long, device=device), I)
         n_commit = torch.minimum((left_now - left).clamp(min=0) + n_re, left_now)
         # One policy "row" per instance: its masked positions of the current block, in its row.
