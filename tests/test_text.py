@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from unidiff.errors import ModalityInputError, UnidiffError
@@ -60,3 +62,44 @@ def test_held_out_plays_score_high_and_noise_scores_low():
 
 def test_distinct_words_by_hand():
     assert distinct_words(["you your you your you", "to be or not to be"]) == pytest.approx((2 / 5 + 4 / 6) / 2)
+
+
+def test_reference_ngram_probabilities_by_hand():
+    from unidiff_text.reference import ByteNgram
+
+    ref = ByteNgram(["abab"], order=2)
+    p1 = {c: (2 + 2 / 256) / (4 + 2) for c in "ab"}  # Witten-Bell: (count + types * uniform) / (total + types)
+    assert ref.prob(b"", ord("a")) == pytest.approx(p1["a"])
+    assert ref.prob(b"a", ord("b")) == pytest.approx((2 + 1 * p1["b"]) / (2 + 1))  # "ab" twice; "a" has 1 type
+    assert ref.prob(b"a", ord("a")) == pytest.approx((0 + 1 * p1["a"]) / 3)
+    assert ref.prob(b"z", ord("a")) == pytest.approx(p1["a"])  # an unseen context backs off to the unigram
+    assert sum(ref.prob(b"a", c) for c in range(256)) == pytest.approx(1.0)
+    bits, n = ref.bits("ab")
+    assert n == 2 and bits == pytest.approx(-math.log2(p1["a"]) - math.log2((2 + p1["b"]) / 3))
+
+
+def test_titled_and_keyword_datasets():
+    from unidiff_text.corpus import shakespeare_keywords, shakespeare_titled
+
+    titled = shakespeare_titled("valid")
+    assert sorted(d.condition for d in titled) == sorted(f"<{slug}>\n" for slug in HELD_OUT)
+    assert [d.content for d in titled] == shakespeare("valid")
+    chunks = shakespeare_keywords("valid")
+    assert len(chunks) > 1000
+    for d in chunks:
+        word = d.condition[1:-2]
+        assert d.condition == f"<{word}>\n" and len(word) >= 6
+        assert word in d.content.lower() and len(d.content.encode()) <= 224
+    with pytest.raises(UnidiffError, match="unknown split"):
+        shakespeare_keywords("test")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    from unidiff.config import load_config
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert {c.name for c in configs} >= {"text.toml", "text-base.toml", "text-keyword.toml"}
+    for path in configs:
+        load_config(path)  # validates

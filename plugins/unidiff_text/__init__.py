@@ -48,10 +48,11 @@ def register_modalities(register):
 
 @hookimpl
 def register_datasets(register):
-    from unidiff_text.corpus import shakespeare, shakespeare_titled
+    from unidiff_text.corpus import shakespeare, shakespeare_keywords, shakespeare_titled
 
     register("shakespeare", shakespeare, modality="text")
     register("shakespeare-titled", shakespeare_titled, modality="text")
+    register("shakespeare-keywords", shakespeare_keywords, modality="text")
 
 
 @hookimpl

@@ -75,6 +75,37 @@ def shakespeare_titled(split: str) -> list[Document]:
     return [Document(clean(f.read_text(encoding="utf-8")), title_prompt(f.stem)) for f in files]
 
 
+KEYWORD = re.compile(r"[A-Za-z]{6,}")
+
+
+def keyword_chunks(split: str, size: int = 224) -> list[tuple[str, str]]:
+    """The plays of a split cut into chunks of at most ``size`` bytes at line ends, each with a keyword: one of its
+    words of 6 letters or more, picked by a fixed-seed RNG (chunks without one are dropped)."""
+    import random
+
+    rng = random.Random(1234)
+    out = []
+    for play in shakespeare(split):
+        chunk = ""
+        for line in play.splitlines(keepends=True):
+            if len((chunk + line).encode()) > size and chunk:
+                words = KEYWORD.findall(chunk)
+                if words:
+                    out.append((chunk, rng.choice(words)))
+                chunk = ""
+            chunk += line if len(line.encode()) <= size else ""
+    return out
+
+
+def shakespeare_keywords(split: str) -> list[Document]:
+    """Chunks of the plays (up to 224 bytes) with a keyword from the chunk as their condition (``"<murder>\\n"``): a
+    condition a small model can learn to follow, for measuring classifier-free guidance (does the keyword appear?)."""
+    if split not in SPLITS:
+        raise UnidiffError(f"unknown split {split!r} of dataset 'shakespeare-keywords'; use one of "
+                           f"{', '.join(SPLITS)}")
+    return [Document(chunk, title_prompt(word.lower())) for chunk, word in keyword_chunks(split)]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write the corpus as plain text (one file per split) with a manifest of sizes and SHA-256 digests."""
     import argparse
