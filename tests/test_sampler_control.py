@@ -396,3 +396,18 @@ def test_variable_holes_need_a_blank_layout():
         encode_row(parse_holes("a<blank:3>b", "text"), VocabLayout({"text": 256}), {"text": Bytes()})
     with pytest.raises(UnidiffError, match="only a 'generate' segment"):
         Segment("text", "a", variable=True)
+
+
+def test_threshold_with_remasking_commits_at_least_what_it_re_masks():
+    """An unreachable threshold commits only its minimum each step: one more token than the step re-masked, so the
+    masked count falls by one a step and re-masked tokens do not pile up for the last step."""
+    from unidiff.policies import Threshold
+
+    model = tiny_denoiser(1)
+    batch = collate(text_rows([("ab", 24)], model.layout))
+    for seed in range(4):
+        out, states = trace(model, batch, Threshold(1.0), steps=12, seeds=[seed], remask=1.0)
+        masked = [24] + [int((x[0] == MASK).sum()) for x in states]
+        assert masked[:-1] == list(range(24, 24 - 12, -1)), masked  # one net token a step ...
+        assert masked[-1] == 0  # ... and the last step commits the rest
+        assert not (out.ids == MASK).any()

@@ -44,6 +44,7 @@ class StepContext:
     p_unmask: torch.Tensor  # (B,) probability that the reverse process reveals a masked position now
     uniform: torch.Tensor  # (B, L) uniforms in [0, 1), reproducible per row seed, step and position
     probs: torch.Tensor | None = None  # (n, V) model distribution at the masked positions, in row-major order
+    n_remasked: torch.Tensor | None = None  # (B,) long, tokens re-masked this step (remasking); None: none
 
     def _at_masked(self, values: torch.Tensor) -> torch.Tensor:
         """(n,) values at the masked positions -> (B, L), zero elsewhere."""
@@ -152,7 +153,9 @@ class Random(Ranked):
 
 
 class Threshold:
-    """Commit every masked position with confidence >= threshold, and at least the most confident one.
+    """Commit every masked position with confidence >= threshold, and at least the most confident one (with
+    remasking: one more than the step re-masked, so the masked count still falls each step and re-masked tokens do
+    not pile up for the last step).
 
     Args:
         threshold: in (0, 1]; higher is more careful (more steps), lower is faster.
@@ -167,7 +170,8 @@ class Threshold:
 
     def commit(self, ctx: StepContext) -> torch.Tensor:
         sure = ctx.masked & (ctx.confidence >= self.threshold)
-        return sure | top_n(ctx.confidence, ctx.masked, torch.ones_like(ctx.n_commit))
+        least = torch.ones_like(ctx.n_commit) if ctx.n_remasked is None else 1 + ctx.n_remasked
+        return sure | top_n(ctx.confidence, ctx.masked, least)
 
 
 POLICIES = (Ancestral, Confidence, Entropy, Margin, Random, Threshold)

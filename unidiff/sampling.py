@@ -338,7 +338,8 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
                     continue
                 lr, m = local_row[i_row[idx]], vm[idx]
                 ctx = StepContext(masked=m, tokens=tokens[lr], confidence=confidence[lr], n_commit=n_commit[idx],
-                                  p_unmask=p_unmask[idx], uniform=uniform[i_row[idx]], probs=probs[at[lr][m]])
+                                  p_unmask=p_unmask[idx], uniform=uniform[i_row[idx]], probs=probs[at[lr][m]],
+                                  n_remasked=n_re[idx])
                 chosen = (pol.commit(ctx) | last[idx].unsqueeze(1)) & m
                 commit.index_add_(0, lr, chosen.long())
             commit = commit > 0
