@@ -161,7 +161,12 @@ def init_weights(name_or_path: str | Path, model: Denoiser, registry: Registry) 
     """Start ``model`` from another checkpoint's weights (fine-tuning). The architectures must match; the new
     vocabulary may add ids at the end of the old one (e.g. BLANK), and new parameters (the BLANK head) keep
     their fresh initialisation. Returns the folder used."""
-    folder = resolve(name_or_path, registry)
+    try:
+        folder = resolve(name_or_path, registry)
+    except UnknownNameError:
+        raise CheckpointError(f"train.init = {str(name_or_path)!r} is neither a model folder nor a registered model "
+                              f"({', '.join(registry.names('models')) or 'none'}): train the model it names first "
+                              f"(e.g. configs/text-base.toml for configs/text.toml) or fix the path") from None
     old = VocabLayout.from_dict(read_config(folder)["layout"])
     if old.to_dict()["sizes"] != model.layout.to_dict()["sizes"]:
         raise CheckpointError(f"train.init: {folder} has modalities {old} but this run has {model.layout}; "
