@@ -106,7 +106,7 @@ def test_python_api_matches_the_cli(capsys):
 
 def test_eval_reports_held_out_bits(capsys):
     code, out, _ = run_main(capsys, "eval", "--model", "text", "--windows", "4")
-    assert code == 0 and "held-out ELBO on shakespeare/valid (4 windows of 256 tokens" in out
+    assert code == 0 and "held-out ELBO on shakespeare-titled/valid (4 windows of 256 tokens" in out
     bits = float(re.search(r"text: ([0-9.]+) bits/token", out).group(1))
     result, info = evaluate_model("text", max_windows=4)
     assert bits == pytest.approx(result.bits_per_token["text"], abs=1e-4)
