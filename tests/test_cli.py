@@ -116,7 +116,8 @@ def test_eval_reports_held_out_bits(capsys):
 def test_plugins_lists_the_text_plugin(capsys):
     code, out, _ = run_main(capsys, "plugins")
     assert code == 0
-    assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text$", out, re.M)
+    assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; "
+                     r"datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text$", out, re.M)
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["infill"], ["edit"], ["eval"], ["plugins"]])

@@ -37,7 +37,8 @@ def test_load_text_toml_matches_file():
     assert cfg.data == DataConfig(dataset="shakespeare-titled", seq_len=256, cond_dropout=0.5, blank_runs=2,
                                   blank_max=16)
     assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.min_lr_ratio) == (1500, 32, 5e-4, 0.05)
-    assert (cfg.train.warmup, cfg.train.eval_every, cfg.train.eval_windows, cfg.train.save_every) == (100, 250, 512, 250)
+    assert (cfg.train.warmup, cfg.train.eval_every, cfg.train.eval_windows,
+            cfg.train.save_every) == (100, 250, 512, 250)
     assert cfg.train.out_dir == "runs/text" and cfg.train.init == "runs/text-base/model"
     base = load_config(TEXT_TOML.with_name("text-base.toml"))  # stage 1: from scratch, plain windows
     assert base.data == DataConfig(dataset="shakespeare", seq_len=256) and base.train.init == ""

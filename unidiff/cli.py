@@ -101,7 +101,8 @@ def cmd_plugins(args) -> None:
 
     reg = Registry()
     for info in reg.info.values():
-        provides = "; ".join(f"{kind}: {', '.join(sorted(names))}" for kind, names in info.provides.items()) or "nothing"
+        provides = "; ".join(f"{kind}: {', '.join(sorted(names))}"
+                             for kind, names in info.provides.items()) or "nothing"
         print(f"{info.name}  ({info.package} {info.version})  {provides}")
     for name, why in reg.broken.items():
         print(f"{name}  BROKEN: {why}")

@@ -238,7 +238,8 @@ class Windows:
         if not keep:
             raise UnidiffError("the dataset is empty: no documents to train or evaluate on")
         docs = [docs[i] for i in keep]
-        conds = [conditions[i] for i in keep] if conditions is not None else [torch.zeros(0, dtype=torch.long)] * len(docs)
+        empty = torch.zeros(0, dtype=torch.long)
+        conds = [conditions[i] for i in keep] if conditions is not None else [empty] * len(docs)
         longest = max(len(c) for c in conds)
         if longest >= length:
             raise UnidiffError(f"a document's condition takes {longest} tokens, leaving no room in rows of {length}: "
