@@ -103,3 +103,18 @@ def test_every_shipped_config_loads():
     assert {c.name for c in configs} >= {"text.toml", "text-base.toml", "text-keyword.toml"}
     for path in configs:
         load_config(path)  # validates
+
+
+def test_editing_command_writes_its_table(tmp_path):
+    """The measurement commands share one table writer; the editing table of strength 0 is the identity."""
+    from unidiff_text.editing import main
+
+    out = tmp_path / "edit.md"
+    main(["--num", "2", "--length", "24", "--strengths", "0", "1", "--out", str(out)])
+    text = out.read_text()
+    assert "Command: `python -m unidiff_text.editing`" in text and "Machine: " in text
+    rows = [ln.split("|")[1:-1] for ln in text.splitlines() if ln.startswith("| random") or ln.startswith("| conf")]
+    assert [(r[0].strip(), r[1].strip(), r[2].strip(), r[4].strip()) for r in rows if r[1].strip() == "0"] == \
+        [("random", "0", "0.000", "0.0"), ("confidence", "0", "0.000", "0.0")]  # unchanged, no forward pass
+    assert all(float(r[2]) > 0.5 for r in rows if r[1].strip() == "1")  # strength 1 regenerates everything
+    assert "|---|---|---|---|---|" in text

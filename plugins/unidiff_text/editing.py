@@ -9,14 +9,13 @@ bytes that differ from the input (strength 0 must give 0: the identity) and the 
 from __future__ import annotations
 
 import argparse
-import datetime
 import time
 
 
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff.data import Segment
-    from unidiff_text.frontier import machine
+    from unidiff_text.report import write_table
     from unidiff_text.metrics import held_out_windows, word_validity
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.editing", description=__doc__.split("\n\n")[0])
@@ -38,17 +37,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(f"| {order} | {s:g} | {changed:.3f} | {word_validity(gen.texts):.3f} | "
                         f"{sum(gen.nfe) / len(gen.nfe):.1f} |")
             print(rows[-1], flush=True)
-    table = ["| order | strength | bytes changed | word validity | NFE/edit |", "|---|---|---|---|---|", *rows]
     rec = pipe.sampling
-    header = (f"Editing: model `{args.model}`, {len(texts)} held-out windows of {args.length} bytes, sampler "
-              f"{rec['policy']} at temperature {rec['temperature']:g}. Held-out text itself has word validity "
-              f"{word_validity(texts):.3f}. Machine: {machine()}. Date: {datetime.date.today()}. "
-              f"Took {time.time() - start:.0f} s.\n\nCommand: `python -m unidiff_text.editing`\n\n")
-    print("\n".join(table))
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(header + "\n".join(table) + "\n")
-
+    write_table(f"Editing: model `{args.model}`, {len(texts)} held-out windows of {args.length} bytes, sampler "
+                f"{rec['policy']} at temperature {rec['temperature']:g}. Held-out text itself has word validity "
+                f"{word_validity(texts):.3f}.", "| order | strength | bytes changed | word validity | NFE/edit |",
+                rows, "python -m unidiff_text.editing", start, args.out)
 
 if __name__ == "__main__":
     main()

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import time
-
-import torch
 
 
 def parse_policy(text: str) -> tuple[str, dict]:
@@ -34,22 +31,11 @@ def parse_policy(text: str) -> tuple[str, dict]:
     return (name, {"threshold": float(value)}) if value else (name, {})
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff_text.metrics import distinct_words, held_out_windows, word_validity
     from unidiff_text.reference import reference_model
+    from unidiff_text.report import machine
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.frontier", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")

@@ -20,7 +20,6 @@ Word validity and distinct words (see `unidiff_text.metrics`) show what the guid
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import time
 from collections import Counter
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff.data import Segment
     from unidiff_text.corpus import title_prompt
-    from unidiff_text.frontier import machine
+    from unidiff_text.report import write_table
     from unidiff_text.metrics import distinct_words, word_validity
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.guidance", description=__doc__.split("\n\n")[0])
@@ -122,18 +121,11 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(f"| {w:g} | {hit:.3f} | {word_validity(texts):.3f} | {distinct_words(texts):.3f} | "
                     f"{sum(gen.nfe) / len(gen.nfe):.0f} |")
         print(rows[-1], flush=True)
-    table = [f"| guidance w | {metric} | word validity | distinct words | NFE/sample |", "|---|---|---|---|---|",
-             *rows]
     rec = pipe.sampling
-    header = (f"Classifier-free guidance, task `{args.task}`: model `{args.model}`, {about}. {args.length} bytes per "
-              f"sample, {args.steps} steps, policy {rec['policy']}, temperature {rec['temperature']:g}, seed "
-              f"{args.seed}. Machine: {machine()}. Date: {datetime.date.today()}. Took {time.time() - start:.0f} s."
-              f"\n\nCommand: `python -m unidiff_text.guidance --task {args.task} --model {args.model}`\n\n")
-    print("\n".join(table))
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(header + "\n".join(table) + "\n")
-
+    write_table(f"Classifier-free guidance, task `{args.task}`: model `{args.model}`, {about}. {args.length} bytes "
+                f"per sample, {args.steps} steps, policy {rec['policy']}, temperature {rec['temperature']:g}, seed "
+                f"{args.seed}.", f"| guidance w | {metric} | word validity | distinct words | NFE/sample |", rows,
+                f"python -m unidiff_text.guidance --task {args.task} --model {args.model}", start, args.out)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ variable-length hole with the blanks after the word (one arrangement among sever
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import re
 import time
@@ -80,7 +79,7 @@ def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int, samples
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff.generate import parse_holes
-    from unidiff_text.frontier import machine
+    from unidiff_text.report import write_table
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.infilling", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")
@@ -113,17 +112,11 @@ def main(argv: list[str] | None = None) -> None:
                     f"{hits / len(data):.3f} | {length_ok / len(data):.3f} | {bits / n_bytes:.3f} | "
                     f"{nfe / len(data):.1f} |")
         print(rows[-1], flush=True)
-    table = ["| hole | positions | exact match | right length | true word: ELBO bits/byte | NFE/fill |",
-             "|---|---|---|---|---|---|", *rows]
-    header = (f"Infilling on held-out plays: model `{args.model}`, {len(data)} hidden words of 3-12 letters with "
-              f"{args.context} bytes of context on each side; policy {args.policy}, temperature "
-              f"{args.temperature:g}, one step per position. Machine: {machine()}. Date: {datetime.date.today()}. "
-              f"Took {time.time() - start:.0f} s.\n\nCommand: `python -m unidiff_text.infilling`\n\n")
-    print("\n".join(table))
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(header + "\n".join(table) + "\n")
-
+    write_table(f"Infilling on held-out plays: model `{args.model}`, {len(data)} hidden words of 3-12 letters with "
+                f"{args.context} bytes of context on each side; policy {args.policy}, temperature "
+                f"{args.temperature:g}, one step per position.",
+                "| hole | positions | exact match | right length | true word: ELBO bits/byte | NFE/fill |", rows,
+                "python -m unidiff_text.infilling", start, args.out)
 
 if __name__ == "__main__":
     main()

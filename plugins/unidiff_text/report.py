@@ -1,0 +1,41 @@
+"""The tables of the measurement commands: a Markdown table under a line that says what was measured, on which
+machine, on which date, how long it took and the command that reproduces it."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import time
+
+import torch
+
+
+def machine() -> str:
+    """The CPU model, torch's thread count and the torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def write_table(about: str, header: str, rows: list[str], command: str, start: float, out: str | None) -> None:
+    """Print the table and, with ``out``, write it with its description to that file.
+
+    Args:
+        about: what was measured (one or more sentences).
+        header: the column names, "| a | b |".
+        rows: the table rows, already formatted.
+        command: the command that reproduces the table.
+        start: ``time.time()`` when the measurement began.
+        out: a Markdown file to write, or None.
+    """
+    table = [header, "|" + "---|" * (len(header.split("|")) - 2), *rows]
+    text = (f"{about} Machine: {machine()}. Date: {datetime.date.today()}. Took {time.time() - start:.0f} s.\n\n"
+            f"Command: `{command}`\n\n" + "\n".join(table) + "\n")
+    print("\n".join(table))
+    if out:
+        with open(out, "w") as fh:
+            fh.write(text)
