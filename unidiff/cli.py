@@ -108,14 +108,26 @@ def cmd_plugins(args) -> None:
         print(f"{name}  BROKEN: {why}")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(cast, ok, rule: str):
+    """An argparse type: ``cast(text)``, refused with "must be <rule>" unless ``ok(value)``."""
+    kind = "a whole number" if cast is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _number(int, lambda v: v >= 1, "at least 1")
+_fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+_guidance = _number(float, lambda v: 0.0 <= v < float("inf"), "a finite number >= 0")
+_seed = _number(int, lambda v: 0 <= v < 2 ** 62, "between 0 and 2**62")
 
 
 class Parser(argparse.ArgumentParser):
@@ -152,36 +164,6 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                                                        "0 = unconditional; costs a second forward pass per step")
     p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
-    return value
-
-
-def _guidance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2 ** 62:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**62, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

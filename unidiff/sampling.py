@@ -244,26 +244,35 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
     current = torch.zeros(I, dtype=torch.long, device=device)  # the block each instance is decoding
     local = torch.zeros(I, dtype=torch.long, device=device)  # the step within that block
     inst_c = inst_at.clamp(min=0)
+    inst_flat = inst_c.flatten()
+    own = inst_at[i_row] == torch.arange(I, device=device).unsqueeze(1)  # (I, L): each instance's positions
+
+    def count(mask: torch.Tensor) -> torch.Tensor:
+        """(I,) number of True positions of each instance in a (B, L) mask of target positions."""
+        return _scatter_sum(inst_flat, mask.flatten(), I)
+
+    def to_rows(per_instance: torch.Tensor, rows_of: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """(n, L) masks of instances -> (n_rows, L) masks of their rows (an instance's row index in rows_of)."""
+        out = torch.zeros((n_rows, L), dtype=torch.long, device=device)
+        return out.index_add_(0, rows_of, per_instance.long()) > 0
 
     condition = batch.condition if batch.condition is not None else ~batch.targets
     condition = condition & ~batch.pad_mask
     blank_ok = batch.blank_ok
     passes = 2 if guidance != 1.0 else 1
     positions = torch.arange(L, device=device)
-    i_index = torch.arange(I, device=device)
     start = time.perf_counter()
     k = 0
     while True:
         masked = targets & (x == MASK)
         in_block = targets & (block_of == current[inst_c])  # (B, L): positions of each instance's current block
         mb = masked & in_block
-        left_now = _scatter_sum(inst_at[mb], torch.ones(int(mb.sum()), dtype=torch.long, device=device), I)
+        left_now = count(mb)
         if not (left_now > 0).any():
             break
         live = left_now > 0  # (I,)
         # The step's budgets, per instance, before the forward pass.
-        n_block = _scatter_sum(inst_at[in_block], torch.ones(int(in_block.sum()), dtype=torch.long,
-                                                             device=device), I)
+        n_block = count(in_block)
         s_block = (i_steps // i_blocks + (current < i_steps % i_blocks).long()).clamp(min=1)
         s_block = torch.minimum(s_block, n_block.clamp(min=1))
         p_unmask = torch.zeros(I, dtype=torch.float64, device=device)
@@ -281,14 +290,11 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             u_re = hashed_uniform(seeds.unsqueeze(1), k, STREAM_REMASK, positions)
             re = in_block & ~masked & (u_re < sigma[inst_c]) & (live & ~last)[inst_c]
             # At most `left` of them (the smallest uniforms), so the step can still end with exactly `left` masked.
-            rv = re[i_row] & (inst_at[i_row] == torch.arange(I, device=device).unsqueeze(1))  # (I, L)
-            keep = top_n(-u_re[i_row], rv, left)
-            re = torch.zeros_like(re).index_put_((i_row.unsqueeze(1).expand_as(keep)[keep], keep.nonzero()[:, 1]),
-                                                 torch.tensor(True, device=device))
-        n_re = _scatter_sum(inst_at[re], torch.ones(int(re.sum()), dtype=torch.long, device=device), I)
+            re = to_rows(top_n(-u_re[i_row], re[i_row] & own, left), i_row, B)
+        n_re = count(re)
         n_commit = torch.minimum((left_now - left).clamp(min=0) + n_re, left_now)
         # One policy "row" per instance: its masked positions of the current block, in its row.
-        vm = mb[i_row] & (inst_at[i_row] == i_index.unsqueeze(1))  # (I, L)
+        vm = mb[i_row] & own  # (I, L)
         go = live & (last | (n_re > 0))
         for j, pol in enumerate(policies):
             may = getattr(pol, "may_commit", None)
@@ -331,7 +337,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             at[where] = torch.arange(len(tok), device=device)
             local_row = torch.full((B,), -1, dtype=torch.long, device=device)
             local_row[rows] = torch.arange(len(rows), device=device)
-            commit = torch.zeros(xa.shape, dtype=torch.long, device=device)
+            commit = torch.zeros(xa.shape, dtype=torch.bool, device=device)
             for j, pol in enumerate(policies):
                 idx = ((i_pol == j) & step_inst).nonzero().squeeze(1)
                 if not len(idx):
@@ -341,14 +347,12 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
                                   p_unmask=p_unmask[idx], uniform=uniform[i_row[idx]], probs=probs[at[lr][m]],
                                   n_remasked=n_re[idx])
                 chosen = (pol.commit(ctx) | last[idx].unsqueeze(1)) & m
-                commit.index_add_(0, lr, chosen.long())
-            commit = commit > 0
+                commit |= to_rows(chosen, lr, len(rows))
             x[rows] = torch.where(commit, tokens, xa)
             nfe[rows] += passes
         x = torch.where(re, MASK, x)
         # Advance every live instance; a block is done after its last step or once nothing in it is masked.
-        rest = targets & (x == MASK) & in_block
-        still = _scatter_sum(inst_at[rest], torch.ones(int(rest.sum()), dtype=torch.long, device=device), I)
+        still = count(targets & (x == MASK) & in_block)
         done = live & ((step_inst & last) | (still == 0))
         current = current + done.long()
         local = torch.where(done, 0, torch.where(live, local + 1, local))
