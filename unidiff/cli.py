@@ -41,7 +41,7 @@ def policy_options(args) -> dict:
 def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
-                schedule=args.schedule, remask=args.remask, guidance=args.guidance)
+                schedule=args.schedule, remask=args.remask, guidance=args.guidance, symmetric=args.symmetric)
 
 
 def emit(gen, modality, args) -> None:
@@ -72,11 +72,12 @@ def _sample_command(args, call) -> None:
 
 def cmd_generate(args) -> None:
     _sample_command(args, lambda pipe, **kw: pipe.complete(args.prompt, modality=args.modality, num=args.num,
-                                                           length=args.length, **kw))
+                                                           length=args.length, condition=args.condition, **kw))
 
 
 def cmd_infill(args) -> None:
-    _sample_command(args, lambda pipe, **kw: pipe.infill(args.template, modality=args.modality, num=args.num, **kw))
+    _sample_command(args, lambda pipe, **kw: pipe.infill(args.template, modality=args.modality, num=args.num,
+                                                         condition=args.condition, **kw))
 
 
 def cmd_edit(args) -> None:
@@ -162,8 +163,15 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=_guidance, help="classifier-free guidance scale w: uncond + w * (cond - "
                                                        "uncond), the given content being the condition; 1 = off, "
                                                        "0 = unconditional; costs a second forward pass per step")
+    p.add_argument("--symmetric", action="store_true", help="average each prediction with the model's prediction "
+                                                              "on the mirrored sequence (dna: the reverse-complement "
+                                                              "strand); costs a second forward pass per step")
     p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
+CONDITION_HELP = ("a condition given first, in the model's condition modality: e.g. a class for the dna model "
+                  "(plant, animal or microbe), a title line for the text model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Generate NUM samples: the prompt (if any) followed by LENGTH generated tokens. Content goes to stdout "
         "or --out; the number of forward passes (NFE) and tokens/s go to stderr."))
     g.add_argument("--prompt", help="given content that the samples continue")
+    g.add_argument("--condition", help=CONDITION_HELP)
     g.add_argument("--length", type=_positive, help="tokens to generate (default: the modality's default length, "
                                                      "cut to the model's context)")
     add_sampling_arguments(g)
@@ -192,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "<blank:N> with up to N (unused positions become blanks, dropped from the output; needs a model trained "
         "with blanks, as the shipped text model is), e.g. unidiff infill $'ROMEO\\nO, <blank:12> art thou Romeo?'"))
     f.add_argument("template", help="content with <mask:N> and <blank:N> holes")
+    f.add_argument("--condition", help=CONDITION_HELP)
     add_sampling_arguments(f)
     f.set_defaults(func=cmd_infill)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unidiff.errors import UnidiffError
-from unidiff.model import ModelConfig
+from unidiff.model import KINDS, ModelConfig
 
 
 @dataclass
@@ -86,6 +86,8 @@ class Config:
         for key, value in positive.items():
             if not value > 0:
                 raise UnidiffError(f"config key {key} must be positive; got {value}")
+        if m.kind not in KINDS:
+            raise UnidiffError(f"config key model.kind must be one of {', '.join(KINDS)}; got {m.kind!r}")
         if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
             raise UnidiffError(f"model.d_model ({m.d_model}) / model.n_heads ({m.n_heads}) must be a whole, even "
                                f"head size (rotary embeddings rotate pairs of dimensions)")

@@ -2,8 +2,8 @@
 
 A sample is a list of `Segment`s. Each is encoded by its modality, mapped into the joint vocabulary and
 concatenated into one row; positions to generate start as MASK and are the row's *targets*. Adjacent segments
-of the same modality join into one run (a prompt and its continuation are one text); when a row holds more than
-one modality, each run is wrapped in its modality's BOS/EOS markers, which are always given.
+of the same modality join into one run (a prompt and its continuation are one text); when the model's vocabulary
+holds more than one modality, each run is wrapped in its modality's BOS/EOS markers, which are always given.
 Rows are right-padded into a `Batch`, so column j of a row is its own position j.
 """
 
@@ -128,11 +128,18 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
     """
     if not segments:
         raise UnidiffError("a sample needs at least one segment")
-    markers = len({s.modality for s in segments}) > 1
+    markers = len(layout.names) > 1  # as training rows have them (see make_windows)
     if any(s.variable for s in segments) and not layout.has_blank:
         raise UnidiffError("variable-length holes need a model trained with blank tokens (data.blank_runs > 0) and "
                            "this one was not: use fixed-length holes (<mask:N>) or such a model")
     ids, mods, tgts, spans, segs, rescore = [], [], [], [], [], []
+    run_of: list[int] = []  # per position: the modality run of a marker, -1 for content
+    runs: list[list[int]] = []  # segment indices of each run
+
+    def marker(token: int, name: str) -> None:
+        ids.append(token); mods.append(layout.index(name)); tgts.append(False); segs.append(-1)
+        run_of.append(len(runs) - 1)
+
     prev = None
     for i, seg in enumerate(segments):
         block = layout.block(seg.modality)
@@ -151,20 +158,26 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
             else:  # given, or an edit whose tokens the pipeline picks by confidence (see Row.rescore)
                 tgt = [False] * len(local)
 
-        if markers and seg.modality != prev:
-            if prev is not None:
-                ids.append(layout.block(prev).eos); mods.append(layout.index(prev)); tgts.append(False); segs.append(-1)
-            ids.append(block.bos); mods.append(block.index); tgts.append(False); segs.append(-1)
+        if seg.modality != prev:
+            if markers and prev is not None:
+                marker(layout.block(prev).eos, prev)
+            runs.append([])
+            if markers:
+                marker(block.bos, seg.modality)
+        runs[-1].append(i)
         spans.append((seg.modality, len(ids), len(ids) + len(part), seg.role != "given"))
         if seg.role == "edit" and seg.order == "confidence":
             rescore.append((len(ids), len(part), seg.strength))
         ids += part; mods += [block.index] * len(part); tgts += tgt; segs += [i] * len(part)
+        run_of += [-1] * len(part)
         prev = seg.modality
     if markers:
-        ids.append(layout.block(prev).eos); mods.append(layout.index(prev)); tgts.append(False); segs.append(-1)
+        marker(layout.block(prev).eos, prev)
     segment = torch.tensor(segs, dtype=torch.long)
-    role = [s.role for s in segments]
-    condition = torch.tensor([j >= 0 and role[j] == "given" for j in segs], dtype=torch.bool)
+    given = [s.role == "given" for s in segments]
+    given_run = [all(given[j] for j in run) for run in runs]
+    # What classifier-free guidance hides: given segments, and the markers of runs that are wholly given.
+    condition = torch.tensor([given[j] if j >= 0 else given_run[r] for j, r in zip(segs, run_of)], dtype=torch.bool)
     blank_ok = torch.tensor([j >= 0 and segments[j].variable for j in segs], dtype=torch.bool)
     return Row(torch.tensor(ids, dtype=torch.long), torch.tensor(mods, dtype=torch.long),
                torch.tensor(tgts, dtype=torch.bool), spans, condition, blank_ok, segment, rescore)
@@ -193,11 +206,13 @@ def collate(rows: Sequence[Row], groups: Sequence[torch.Tensor] | None = None) -
 
 @dataclass
 class Document:
-    """A training document with a condition: ``condition`` (content of the same modality, e.g. a title) is given
-    before every window cut from ``content``, unless condition dropout hides it."""
+    """A training document with a condition: ``condition`` is given before every window cut from ``content``,
+    unless condition dropout hides it. It is content of ``condition_modality`` (None: the document's own modality),
+    e.g. a play's title in text, or a DNA record's class name as text before its sequence."""
 
     content: Any
     condition: Any = None
+    condition_modality: str | None = None
 
 
 def encode_docs(docs: Sequence[Any], modality: Modality, layout: VocabLayout) -> list[torch.Tensor]:
@@ -206,8 +221,18 @@ def encode_docs(docs: Sequence[Any], modality: Modality, layout: VocabLayout) ->
             for d in docs]
 
 
+def condition_modality(docs: Sequence[Any]) -> str | None:
+    """The modality the documents' conditions are written in (None: their own, or no conditions); all documents
+    of a dataset must agree."""
+    names = {d.condition_modality for d in docs if isinstance(d, Document) and d.condition is not None}
+    if len(names) > 1:
+        raise UnidiffError(f"a dataset's conditions must all be of one modality; got {sorted(map(str, names))}")
+    return names.pop() if names else None
+
+
 def encode_conditions(docs: Sequence[Any], modality: Modality, layout: VocabLayout) -> list[torch.Tensor] | None:
-    """The encoded conditions of `Document`s (an empty tensor for a document without one); None if none has one."""
+    """The encoded conditions of `Document`s (an empty tensor for a document without one); None if none has one.
+    ``modality`` encodes them: the documents' `condition_modality` (see `condition_modality`)."""
     if not any(isinstance(d, Document) and d.condition is not None for d in docs):
         return None
     return [layout.to_global(modality.name, modality.encode(d.condition))
@@ -215,33 +240,59 @@ def encode_conditions(docs: Sequence[Any], modality: Modality, layout: VocabLayo
             for d in docs]
 
 
+def make_windows(docs: Sequence[torch.Tensor], length: int, layout: VocabLayout, modality: str,
+                 conditions: Sequence[torch.Tensor] | None = None, cond_modality: str | None = None) -> "Windows":
+    """`Windows` whose rows have the layout `encode_row` gives the same segments: with more than one modality in
+    the vocabulary, each modality run is wrapped in its BOS/EOS markers (a condition of another modality is its own
+    run, one of the same modality joins the content's run)."""
+    if len(layout.names) == 1:
+        return Windows(docs, length, layout.index(modality), conditions)
+    block = layout.block(modality)
+    other = layout.block(cond_modality) if cond_modality not in (None, modality) else None
+    return Windows(docs, length, block.index, conditions, markers=(block.bos, block.eos),
+                   cond_markers=(other.index, other.bos, other.eos) if other else None)
+
+
 class Windows:
     """Fixed-length training rows over the encoded documents of one modality.
 
-    A window never crosses a document boundary; a document shorter than ``length`` is one padded window. With
+    A window never crosses a document boundary; a document shorter than a row is one padded window. With
     ``conditions`` (one encoded condition per document), a row whose condition is kept holds the condition
     (given: not a target) followed by a window shortened to fit ``length``; condition dropout hides it, and the
     row is a plain window, so one model learns both p(x | condition) and p(x) (for classifier-free guidance).
+
+    Rows of a model with several modalities carry markers, as `encode_row` writes them: ``[BOS cond... window...
+    EOS]``, or ``[BOS_c cond... EOS_c BOS window... EOS]`` when the condition is of another modality
+    (``cond_markers``); a plain row is ``[BOS window... EOS]``. Use `make_windows` to get these from a layout.
 
     Args:
         docs: documents as global-id tensors.
         length: row length.
         modality_index: the modality's index in the layout.
         conditions: per document, the global ids of its condition (or None for no conditions).
+        markers: (BOS, EOS) ids that wrap the content's run, or None for no markers.
+        cond_markers: (modality index, BOS, EOS) of the conditions' modality when it is not the content's.
     """
 
     def __init__(self, docs: Sequence[torch.Tensor], length: int, modality_index: int,
-                 conditions: Sequence[torch.Tensor] | None = None):
+                 conditions: Sequence[torch.Tensor] | None = None, markers: tuple[int, int] | None = None,
+                 cond_markers: tuple[int, int, int] | None = None):
         if length < 1:
             raise UnidiffError(f"window length must be at least 1; got {length}")
+        if cond_markers is not None and markers is None:
+            raise UnidiffError("a condition of another modality needs markers around the content too")
         keep = [i for i, d in enumerate(docs) if len(d)]
         if not keep:
             raise UnidiffError("the dataset is empty: no documents to train or evaluate on")
         docs = [docs[i] for i in keep]
         empty = torch.zeros(0, dtype=torch.long)
         conds = [conditions[i] for i in keep] if conditions is not None else [empty] * len(docs)
+        self.markers, self.cond_markers = markers, cond_markers
+        self.wrap = 1 if markers is not None else 0  # BOS/EOS around the content
+        self.sep = 2 if cond_markers is not None else 0  # BOS_c/EOS_c around a condition of another modality
+        capacity = length - 2 * self.wrap  # content tokens of a row without a condition
         longest = max(len(c) for c in conds)
-        if longest >= length:
+        if longest + self.sep >= capacity:
             raise UnidiffError(f"a document's condition takes {longest} tokens, leaving no room in rows of {length}: "
                                f"shorten the conditions or raise data.seq_len")
         self.length, self.modality_index = length, modality_index
@@ -252,9 +303,9 @@ class Windows:
             self.cond_ids[i, :len(c)] = c
         starts, tiles, ends, docs_of, offset = [], [], [], [], 0
         for i, d in enumerate(docs):
-            last = max(len(d) - length, 0)  # last start whose window fits in the document
+            last = max(len(d) - capacity, 0)  # last start whose window fits in the document
             starts.append(offset + torch.arange(last + 1))
-            tiles.append(offset + torch.arange(0, last + 1, length))
+            tiles.append(offset + torch.arange(0, last + 1, capacity))
             ends.append(torch.full((last + 1,), offset + len(d)))
             docs_of.append(torch.full((last + 1,), i))
             offset += len(d)
@@ -268,21 +319,36 @@ class Windows:
     def batch(self, starts: torch.Tensor, keep_condition: torch.Tensor | None = None) -> Batch:
         """Rows whose windows begin at the given stream offsets (each one of ``self.starts``); ``keep_condition``
         (B,) bool says which rows carry their document's condition (default: none)."""
-        B, L = len(starts), self.length
+        B, L, w = len(starts), self.length, self.wrap
         at = torch.searchsorted(self.starts, starts)
         end, doc = self.ends[at], self.doc_of[at]  # (B,) end and index of each window's document
         c = self.cond_len[doc] if keep_condition is not None else torch.zeros(B, dtype=torch.long)
         if keep_condition is not None:
             c = torch.where(keep_condition, c, 0)
+        has = c > 0
+        first = torch.where(has, c + self.sep, 0) + w  # (B,) position of the first content token
+        n = torch.minimum(end - starts, L - w - first)  # (B,) content tokens
         j = torch.arange(L)
-        in_cond = j < c.unsqueeze(1)  # (B, L)
-        idx = starts.unsqueeze(1) + j - c.unsqueeze(1)  # stream index of each content position
-        pad = ~in_cond & (idx >= end.unsqueeze(1))
-        content = self.stream[idx.clamp(0, len(self.stream) - 1)]
-        cond = self.cond_ids[doc][:, j.clamp(max=self.cond_ids.shape[1] - 1)]
-        ids = torch.where(pad, PAD, torch.where(in_cond, cond, content))
+        first_, stop_ = first.unsqueeze(1), (first + n).unsqueeze(1)
+        in_cond = (j >= w) & (j < (w + c).unsqueeze(1))  # (B, L) the condition's own tokens
+        in_content = (j >= first_) & (j < stop_)
+        content = self.stream[(starts.unsqueeze(1) + j - first_).clamp(0, len(self.stream) - 1)]
+        cond = self.cond_ids[doc][:, (j - w).clamp(0, self.cond_ids.shape[1] - 1)]
+        ids = torch.where(in_content, content, torch.where(in_cond, cond, PAD))
         modality = torch.full((B, L), self.modality_index, dtype=torch.long)
-        return Batch(ids, modality, torch.arange(L).expand(B, L).contiguous(), pad, ~pad & ~in_cond, in_cond)
+        given = in_cond.clone()  # what classifier-free guidance hides: the condition and its own markers
+        if w:
+            bos, eos = self.markers
+            bos_at = torch.where(has & (self.sep > 0), first - 1, 0).unsqueeze(1)
+            ids = torch.where(j == bos_at, bos, torch.where(j == stop_, eos, ids))
+            if self.sep:
+                c_index, c_bos, c_eos = self.cond_markers
+                opens, closes = has.unsqueeze(1) & (j == 0), has.unsqueeze(1) & (j == (c + 1).unsqueeze(1))
+                ids = torch.where(opens, c_bos, torch.where(closes, c_eos, ids))
+                given |= opens | closes
+                modality = torch.where(in_cond | opens | closes, c_index, modality)
+        pad = j >= stop_ + w
+        return Batch(ids, modality, torch.arange(L).expand(B, L).contiguous(), pad, in_content, given)
 
     def sample(self, batch_size: int, generator: torch.Generator, cond_dropout: float = 1.0) -> Batch:
         """Random windows, drawn uniformly over all start offsets; each row keeps its condition with probability

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from unidiff.checkpoint import load_model
-from unidiff.data import Batch, Windows, encode_docs
+from unidiff.data import Batch, Windows, encode_docs, make_windows
 from unidiff.device import autocast, resolve_device, resolve_precision
 from unidiff.errors import CheckpointError
 from unidiff.losses import corrupt, elbo_terms, per_modality, sample_times
@@ -44,6 +44,28 @@ def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: tor
     return per_modality(terms, batch.targets, batch.modality, len(model.layout.names))
 
 
+def batch_nll(model: Denoiser, batch: Batch, amp_dtype: torch.dtype | None = None):
+    """The exact negative log-likelihood of an autoregressive model on a batch: each target token scored given
+    everything before it (a target at position 0 has no context and is not scored). Same return as `batch_elbo`."""
+    targets = batch.targets.clone()
+    targets[:, 0] = False
+    with autocast(batch.ids.device, amp_dtype):
+        h = model.features(batch.ids, batch.modality, batch.positions, batch.pad_mask)
+        logits = model.logits(h[targets], batch.modality[targets])
+    nll = torch.zeros(batch.ids.shape, device=batch.ids.device)
+    nll[targets] = F.cross_entropy(logits.float(), batch.ids[targets], reduction="none")
+    return per_modality(nll, targets, batch.modality, len(model.layout.names))
+
+
+def batch_loss(model: Denoiser, batch: Batch, schedule: Schedule, generator: torch.Generator,
+               amp_dtype: torch.dtype | None = None, stratified: bool = True, blank: bool = False):
+    """The training/evaluation objective of the model's kind: the masked-diffusion ELBO, or the exact NLL of an
+    autoregressive model (which draws nothing from ``generator``)."""
+    if model.cfg.kind == "autoregressive":
+        return batch_nll(model, batch, amp_dtype)
+    return batch_elbo(model, batch, schedule, generator, amp_dtype, stratified, blank)
+
+
 @dataclass
 class EvalResult:
     nats_per_token: dict[str, float] = field(default_factory=dict)
@@ -70,7 +92,7 @@ def evaluate(model: Denoiser, windows: Windows, schedule: Schedule, batch_size: 
     sums, counts = torch.zeros(M, dtype=torch.float64), torch.zeros(M, dtype=torch.float64)
     for _ in range(samples):
         for batch in windows.tiles(batch_size, max_windows):
-            s, c = batch_elbo(model, batch.to(device), schedule, generator, amp_dtype)
+            s, c = batch_loss(model, batch.to(device), schedule, generator, amp_dtype)
             sums += s.double().cpu()
             counts += c.double().cpu()
     model.train(was_training)
@@ -101,7 +123,7 @@ def evaluate_model(name_or_path, registry=None, device: str = "auto", precision:
     builder, meta = registry.dataset(data["dataset"])
     modality = modalities[meta["modality"]]
     docs = builder(data["eval_split"])
-    windows = Windows(encode_docs(docs, modality, model.layout), data["seq_len"], model.layout.index(modality.name))
+    windows = make_windows(encode_docs(docs, modality, model.layout), data["seq_len"], model.layout, modality.name)
     result = evaluate(model, windows, get_schedule(train_cfg["schedule"]), batch_size, max_windows, samples, seed,
                       resolve_precision(precision, dev))
     n = len(windows.tile_starts) if max_windows is None else min(max_windows, len(windows.tile_starts))

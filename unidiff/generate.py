@@ -26,6 +26,7 @@ from unidiff.device import autocast, resolve_device, resolve_precision
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
 from unidiff.sampling import GroupSpec, sample
+from unidiff.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
 
 
@@ -113,6 +114,9 @@ class Pipeline:
     def modality(self, name: str | None):
         """The model's modality of that name; None picks the only one (an error if the model has several)."""
         if name is None:
+            default = self.config.get("modality")  # what the model was trained to generate
+            if default in self.modalities:
+                return self.modalities[default]
             if len(self.modalities) > 1:
                 raise UnidiffError(f"this model has several modalities ({', '.join(self.modalities)}); "
                                    f"say which one to generate with --modality")
@@ -148,7 +152,7 @@ class Pipeline:
                  policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
                  temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str = "linear",
                  block_length: int | None = None, remask: float | None = None,
-                 guidance: float | None = None) -> Generation:
+                 guidance: float | None = None, symmetric: bool = False) -> Generation:
         """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
         ``steps``, ``policy``, ``temperature``, ``remask`` and ``guidance`` left as None take the model's recommended
@@ -167,24 +171,30 @@ class Pipeline:
             block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
             remask: ReMDM remasking strength in [0, 1] (0: off).
             guidance: classifier-free guidance scale (1: off); the given segments are the condition.
+            symmetric: average every prediction with the model's prediction on the mirrored row, for modalities
+                that declare a mirror symmetry (DNA: the reverse-complement strand; see `unidiff.symmetry`); doubles
+                the forward passes.
         """
         rec = self.sampling
         pol = self.registry.policy(policy or rec["policy"], **(policy_options or {}))
         temperature = rec["temperature"] if temperature is None else temperature
         remask = rec["remask"] if remask is None else remask
         guidance = rec["guidance"] if guidance is None else guidance
+        if self.model.cfg.kind == "autoregressive":  # left to right, one token per forward pass
+            block_length, steps, remask = 1, None, 0.0
         rows = self.encode(samples, seed)
         extra_nfe = self._rescore(rows)
         specs, groups = self._groups(samples, rows)
         n_default = [int((r.targets & (g == 0)).sum()) for r, g in zip(rows, groups)]
-        if steps is None and rec.get("steps_per_token"):
+        if steps is None and rec.get("steps_per_token") and self.model.cfg.kind == "diffusion":
             steps = [max(1, math.ceil(n * rec["steps_per_token"])) for n in n_default]
-        out = sample(self.model, collate(rows, groups if specs else None), pol, steps=steps, seeds=seed,
+        model = Mirrored(self.model, mirror_perms(self.modalities)) if symmetric else self.model
+        out = sample(model, collate(rows, groups if specs else None), pol, steps=steps, seeds=seed,
                      temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype,
                      block_length=block_length, remask=remask, guidance=guidance, groups=specs)
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
-        nfe = (out.nfe + extra_nfe).tolist()
+        nfe = (out.nfe * (2 if symmetric else 1) + extra_nfe).tolist()
         return Generation(decoded, nfe, out.generated.tolist(), out.seconds)
 
     def _groups(self, samples, rows) -> tuple[list[GroupSpec], list[torch.Tensor]]:
@@ -239,10 +249,23 @@ class Pipeline:
                 rows[b].targets[start + order] = True
         return extra
 
-    def complete(self, prompt: Any = None, *, modality: str | None = None, num: int = 1,
-                 length: int | None = None, **kwargs) -> Generation:
-        """``num`` samples of one modality: the prompt (if any) followed by ``length`` generated tokens.
+    def conditioned(self, condition: Any, segments: list[Segment]) -> list[Segment]:
+        """``segments`` after a given condition segment, written in the model's condition modality (e.g. a DNA
+        model's class name is text); no condition (None or "") leaves them as they are."""
+        if condition is None or (isinstance(condition, str) and condition == ""):
+            return segments
+        name = self.config.get("condition_modality") or self.modality(None).name
+        self.layout.block(name)
+        return [Segment(name, condition), *segments]
 
+    def complete(self, prompt: Any = None, *, modality: str | None = None, num: int = 1,
+                 length: int | None = None, condition: Any = None, **kwargs) -> Generation:
+        """``num`` samples of one modality: the condition and the prompt (if any) followed by ``length`` generated
+        tokens.
+
+        Args:
+            prompt: given content of the generated modality that the samples continue.
+            condition: given content of the model's condition modality placed first (see `conditioned`).
         ``length`` defaults to the modality's default length, cut to what the context leaves after the prompt.
         Other keyword arguments go to `generate`.
         """
@@ -250,9 +273,10 @@ class Pipeline:
         if num < 1:
             raise UnidiffError(f"--num must be at least 1; got {num}")
         has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
-        segments = [Segment(m.name, prompt)] if has_prompt else []
+        segments = self.conditioned(condition, [Segment(m.name, prompt)] if has_prompt else [])
         if length is None:
-            used = len(m.encode(prompt)) if has_prompt else 0
+            probe = encode_row(segments + [Segment(m.name, role="generate", length=1)], self.layout, self.modalities)
+            used = len(probe.ids) - 1
             length = min(m.default_length, self.max_len - used)
             if length < 1:
                 raise UnidiffError(f"the prompt takes {used} tokens but the model's context is {self.max_len}, "
@@ -262,14 +286,15 @@ class Pipeline:
         segments.append(Segment(m.name, role="generate", length=length))
         return self.generate([segments] * num, **kwargs)
 
-    def infill(self, template: str, *, modality: str | None = None, num: int = 1, **kwargs) -> Generation:
+    def infill(self, template: str, *, modality: str | None = None, num: int = 1, condition: Any = None,
+               **kwargs) -> Generation:
         """Fill the holes of a template, anywhere and any number of times: ``<mask:N>`` marks exactly N tokens to
         generate, ``<blank:N>`` up to N (needs a model trained with blanks; the shipped text model is).
 
         E.g. ``"ROMEO\\nO, <mask:20> art thou Romeo?"``. Other keyword arguments go to `generate`.
         """
         m = self.modality(modality)
-        segments = parse_holes(template, m.name)
+        segments = self.conditioned(condition, parse_holes(template, m.name))
         if num < 1:
             raise UnidiffError(f"--num must be at least 1; got {num}")
         return self.generate([segments] * num, **kwargs)
@@ -281,15 +306,14 @@ class Pipeline:
         Args:
             order: "random" re-masks tokens drawn at random (per sample seed); "confidence" re-masks the tokens
                 the model finds least likely in their context first (costs 8 extra forward passes).
-            prompt: a condition given before the content (e.g. another play's title, for style transfer); the
-                output then starts with it.
+            prompt: a condition given before the content, in the model's condition modality (e.g. another play's
+                title, for style transfer); the output then starts with it.
         Other keyword arguments go to `generate`; the rest of the content is the context.
         """
         m = self.modality(modality)
         if num < 1:
             raise UnidiffError(f"--num must be at least 1; got {num}")
-        segments = [Segment(m.name, prompt)] if prompt not in (None, "") else []
-        segments.append(Segment(m.name, content, role="edit", strength=strength, order=order))
+        segments = self.conditioned(prompt, [Segment(m.name, content, role="edit", strength=strength, order=order)])
         return self.generate([segments] * num, **kwargs)
 
 

@@ -1,4 +1,5 @@
-"""The denoiser: a bidirectional pre-norm transformer over the joint vocabulary.
+"""The denoiser: a bidirectional pre-norm transformer over the joint vocabulary (or, as a baseline, the same network
+made causal: ``ModelConfig.kind = "autoregressive"``).
 
 Notable choices: rotary position embeddings on explicit ``positions`` (so a plugin can lay out 2-D grids or
 restart positions per segment), a learned modality embedding added to the token embedding, PyTorch's
@@ -28,6 +29,12 @@ class ModelConfig:
     max_len: int = 256  # longest sequence (prompt + generated) the model accepts
     dropout: float = 0.0
     rope_base: float = 10000.0
+    # "diffusion": bidirectional denoiser; "autoregressive": the same network with a causal mask whose output at
+    # position j is computed from positions < j (the baseline diffusion is compared with, see `Denoiser.features`).
+    kind: str = "diffusion"
+
+
+KINDS = ("diffusion", "autoregressive")
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,10 +125,17 @@ class Denoiser(nn.Module):
         cos, sin = rope_tables(positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         # (B, 1, 1, L): True where a key takes part; None (faster kernels) when nothing is padded.
         attn_mask = None if pad_mask is None or not pad_mask.any() else ~pad_mask[:, None, None, :]
+        causal = self.cfg.kind == "autoregressive"
+        if causal:
+            tril = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
+            attn_mask = tril if attn_mask is None else attn_mask & tril
         x = self.tok_emb(ids) + self.mod_emb(modality)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask)
-        return self.norm(x)
+        x = self.norm(x)
+        if causal:  # position j holds the state that predicts token j: the one computed at j - 1
+            x = torch.cat([x.new_zeros(B, 1, x.shape[-1]), x[:, :-1]], dim=1)
+        return x
 
     def logits(self, h: torch.Tensor, modality: torch.Tensor, blank: torch.Tensor | bool | None = None) -> torch.Tensor:
         """(..., d) hidden states and (...,) modality indices -> (..., V) logits, -inf outside each range.

@@ -27,10 +27,10 @@ from tqdm import tqdm
 from unidiff.checkpoint import (atomic_dir, ensure_writable, init_weights, load_weights, read_config, recover,
                                 write_model)
 from unidiff.config import Config
-from unidiff.data import Windows, encode_conditions, encode_docs, insert_blanks
+from unidiff.data import condition_modality, encode_conditions, encode_docs, insert_blanks, make_windows
 from unidiff.device import resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
-from unidiff.evaluate import EvalResult, batch_elbo, evaluate
+from unidiff.evaluate import EvalResult, batch_loss, evaluate
 from unidiff.modality import Modality, make_head
 from unidiff.model import Denoiser
 from unidiff.plugins import Registry
@@ -86,14 +86,19 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     out = Path(tc.out_dir)
     ensure_writable(out)
 
-    layout = VocabLayout({modality.name: modality.vocab_size}, blank=cfg.data.blank_runs > 0)
-    train_w = Windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout.index(modality.name),
-                      encode_conditions(train_docs, modality, layout))
-    eval_w = Windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout.index(modality.name)) \
+    modalities = {modality.name: modality}
+    cond_name = condition_modality(train_docs)  # conditions may be of another modality, e.g. a class name as text
+    if cond_name is not None and cond_name not in modalities:
+        modalities[cond_name] = registry.modality(cond_name)
+    cond_modality = modalities[cond_name or modality.name]
+    layout = VocabLayout({m.name: m.vocab_size for m in modalities.values()}, blank=cfg.data.blank_runs > 0)
+    train_w = make_windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout, modality.name,
+                           encode_conditions(train_docs, cond_modality, layout), cond_name)
+    eval_w = make_windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout, modality.name) \
         if eval_docs else None
 
     torch.manual_seed(tc.seed)
-    model = Denoiser(cfg.model, layout, {modality.name: make_head(modality, cfg.model.d_model)})
+    model = Denoiser(cfg.model, layout, {m.name: make_head(m, cfg.model.d_model) for m in modalities.values()})
     if tc.init:
         init_weights(tc.init, model, registry)
     model = model.to(device)
@@ -114,8 +119,9 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
         _truncate_log(out / "log.jsonl", step)
         print(f"resumed from {out / 'last'} at step {step}")
 
-    modalities = {modality.name: modality}
-    extra = {"training": cfg.to_dict(), "sampling": cfg.to_dict()["sample"]}
+    # "modality": what the model generates by default; "condition_modality": what its conditions are written in.
+    extra = {"training": cfg.to_dict(), "sampling": cfg.to_dict()["sample"], "modality": modality.name,
+             "condition_modality": cond_name or modality.name}
     bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc="train", dynamic_ncols=True)
     model.train()
     while step < tc.steps:
@@ -124,7 +130,7 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
         batch = train_w.sample(tc.batch_size, generator, cfg.data.cond_dropout)
         if cfg.data.blank_runs:
             batch = insert_blanks(batch, layout.blank, cfg.data.blank_runs, cfg.data.blank_max, generator)
-        sums, counts = batch_elbo(model, batch.to(device), schedule, generator, amp, blank=layout.has_blank)
+        sums, counts = batch_loss(model, batch.to(device), schedule, generator, amp, blank=layout.has_blank)
         loss = sums.sum() / counts.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

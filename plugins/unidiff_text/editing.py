@@ -15,7 +15,7 @@ import time
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff.data import Segment
-    from unidiff_text.report import write_table
+    from unidiff.report import write_table
     from unidiff_text.metrics import held_out_windows, word_validity
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.editing", description=__doc__.split("\n\n")[0])

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff_text.metrics import distinct_words, held_out_windows, word_validity
     from unidiff_text.reference import reference_model
-    from unidiff_text.report import machine
+    from unidiff.report import machine
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.frontier", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")

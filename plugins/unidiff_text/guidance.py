@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff.data import Segment
     from unidiff_text.corpus import title_prompt
-    from unidiff_text.report import write_table
+    from unidiff.report import write_table
     from unidiff_text.metrics import distinct_words, word_validity
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.guidance", description=__doc__.split("\n\n")[0])

@@ -79,7 +79,7 @@ def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int, samples
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
     from unidiff.generate import parse_holes
-    from unidiff_text.report import write_table
+    from unidiff.report import write_table
 
     p = argparse.ArgumentParser(prog="python -m unidiff_text.infilling", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")

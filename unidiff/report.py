@@ -21,6 +21,17 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def markdown_table(header: str, rows: list[str]) -> str:
+    """A Markdown table from its header line ("| a | b |") and formatted rows."""
+    return "\n".join([header, "|" + "---|" * (len(header.split("|")) - 2), *rows])
+
+
+def stamp(about: str, command: str, start: float) -> str:
+    """What was measured, the machine, the date, the time taken and the command that reproduces it."""
+    return (f"{about} Machine: {machine()}. Date: {datetime.date.today()}. Took {time.time() - start:.0f} s.\n\n"
+            f"Command: `{command}`")
+
+
 def write_table(about: str, header: str, rows: list[str], command: str, start: float, out: str | None) -> None:
     """Print the table and, with ``out``, write it with its description to that file.
 
@@ -32,10 +43,9 @@ def write_table(about: str, header: str, rows: list[str], command: str, start: f
         start: ``time.time()`` when the measurement began.
         out: a Markdown file to write, or None.
     """
-    table = [header, "|" + "---|" * (len(header.split("|")) - 2), *rows]
-    text = (f"{about} Machine: {machine()}. Date: {datetime.date.today()}. Took {time.time() - start:.0f} s.\n\n"
-            f"Command: `{command}`\n\n" + "\n".join(table) + "\n")
-    print("\n".join(table))
+    table = markdown_table(header, rows)
+    text = f"{stamp(about, command, start)}\n\n{table}\n"
+    print(table)
     if out:
         with open(out, "w") as fh:
             fh.write(text)
