@@ -27,7 +27,8 @@ def cmd_train(args) -> None:
     print(f"trained {result.step} steps in {result.seconds:.0f} s; model: {result.out_dir / 'model'}",
           file=sys.stderr)
     if result.eval is not None:
-        print(f"held-out ELBO: {result.eval.summary()}", file=sys.stderr)
+        objective = "NLL" if cfg.model.kind == "autoregressive" else "ELBO"
+        print(f"held-out {objective}: {result.eval.summary()}", file=sys.stderr)
 
 
 def policy_options(args) -> dict:
@@ -90,7 +91,7 @@ def cmd_eval(args) -> None:
 
     result, info = evaluate_model(args.model, device=args.device, max_windows=args.windows, samples=args.samples,
                                   seed=args.seed)
-    print(f"{args.model}: held-out ELBO on {info['dataset']}/{info['split']} "
+    print(f"{args.model}: held-out {info['objective']} on {info['dataset']}/{info['split']} "
           f"({info['windows']} windows of {info['seq_len']} tokens, {args.samples} time sample(s) each)")
     for name, bits in result.bits_per_token.items():
         print(f"  {name}: {bits:.4f} bits/token  ({result.nats_per_token[name]:.4f} nats/token, "

@@ -127,5 +127,6 @@ def evaluate_model(name_or_path, registry=None, device: str = "auto", precision:
     result = evaluate(model, windows, get_schedule(train_cfg["schedule"]), batch_size, max_windows, samples, seed,
                       resolve_precision(precision, dev))
     n = len(windows.tile_starts) if max_windows is None else min(max_windows, len(windows.tile_starts))
-    info = {"dataset": data["dataset"], "split": data["eval_split"], "seq_len": data["seq_len"], "windows": n}
+    info = {"dataset": data["dataset"], "split": data["eval_split"], "seq_len": data["seq_len"], "windows": n,
+            "objective": "NLL" if model.cfg.kind == "autoregressive" else "ELBO"}
     return result, info
