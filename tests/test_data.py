@@ -64,8 +64,9 @@ def test_segment_defaults():
 
 # --- encode_row --------------------------------------------------------------------------------------------------
 
-def test_single_modality_row_has_no_markers():
-    row = encode_row([Segment("abc", "cab"), Segment("abc", role="generate", length=2)], LAYOUT, MODS)
+def test_single_modality_model_rows_have_no_markers():
+    layout = VocabLayout({"abc": 3})  # PAD, MASK, BOS, EOS, a=4, b=5, c=6
+    row = encode_row([Segment("abc", "cab"), Segment("abc", role="generate", length=2)], layout, MODS)
     assert row.ids.tolist() == [c, a, b, MASK, MASK]
     assert row.modality.tolist() == [0] * 5
     assert row.targets.tolist() == [False, False, False, True, True]
@@ -73,12 +74,20 @@ def test_single_modality_row_has_no_markers():
     assert row.ids.dtype == torch.long and row.modality.dtype == torch.long and row.targets.dtype == torch.bool
 
 
+def test_single_modality_row_of_a_two_modality_model_is_wrapped():
+    """A model with several modalities always sees markers (its training rows have them), even around one run."""
+    row = encode_row([Segment("abc", "cab"), Segment("abc", role="generate", length=2)], LAYOUT, MODS)
+    assert row.ids.tolist() == [A_BOS, c, a, b, MASK, MASK, A_EOS]
+    assert row.targets.tolist() == [False, False, False, False, True, True, False]
+    assert row.spans == [("abc", 1, 4, False), ("abc", 4, 6, True)]
+
+
 def test_single_modality_of_second_block():
     row = encode_row([Segment("xy", "yx")], LAYOUT, MODS)
-    assert row.ids.tolist() == [y, x]
-    assert row.modality.tolist() == [1, 1]
-    assert row.targets.tolist() == [False, False]
-    assert row.spans == [("xy", 0, 2, False)]
+    assert row.ids.tolist() == [X_BOS, y, x, X_EOS]
+    assert row.modality.tolist() == [1, 1, 1, 1]
+    assert row.targets.tolist() == [False] * 4
+    assert row.spans == [("xy", 1, 3, False)]
 
 
 def test_two_modality_row_markers_and_spans():
@@ -105,7 +114,7 @@ def test_adjacent_same_modality_segments_join_into_one_run():
 
 def test_generate_segment_ignores_content():
     row = encode_row([Segment("abc", "not letters!", role="generate", length=2)], LAYOUT, MODS)
-    assert row.ids.tolist() == [MASK, MASK]
+    assert row.ids.tolist() == [A_BOS, MASK, MASK, A_EOS]
 
 
 def test_encode_error_names_segment():
@@ -133,24 +142,24 @@ def test_collate_right_pads():
     batch = collate([r1, r2, r3])
     assert isinstance(batch, Batch)
     assert batch.ids.tolist() == [
-        [a, b, MASK, PAD, PAD, PAD, PAD],
+        [A_BOS, a, b, MASK, A_EOS, PAD, PAD],
         [X_BOS, y, X_EOS, A_BOS, MASK, MASK, A_EOS],
-        [x, PAD, PAD, PAD, PAD, PAD, PAD],
+        [X_BOS, x, X_EOS, PAD, PAD, PAD, PAD],
     ]
     assert batch.pad_mask.tolist() == [
-        [False] * 3 + [True] * 4,
+        [False] * 5 + [True] * 2,
         [False] * 7,
-        [False] + [True] * 6,
+        [False] * 3 + [True] * 4,
     ]
     assert batch.targets.tolist() == [
-        [False, False, True] + [False] * 4,
+        [False, False, False, True] + [False] * 3,
         [False] * 4 + [True, True, False],
         [False] * 7,
     ]
     assert batch.modality[1].tolist() == [1, 1, 1, 0, 0, 0, 0]
     assert batch.modality[2, 0].item() == 1
     assert batch.positions.tolist() == [list(range(7))] * 3
-    assert batch.lengths.tolist() == [3, 7, 1]
+    assert batch.lengths.tolist() == [5, 7, 3]
     assert not (batch.targets & batch.pad_mask).any()
     moved = batch.to("cpu")
     assert torch.equal(moved.ids, batch.ids) and torch.equal(moved.pad_mask, batch.pad_mask)
@@ -182,7 +191,7 @@ def test_windows_starts_never_cross_documents():
     w = Windows(docs_of(5, 2, 4), length=3, modality_index=1)
     # doc 0 at stream offsets 0..4 (starts 0,1,2); doc 1 at 5..6 (short: one start 5); doc 2 at 7..10 (starts 7,8).
     assert w.starts.tolist() == [0, 1, 2, 5, 7, 8]
-    assert w.tile_starts.tolist() == [0, 5, 7]
+    assert w.tile_starts.tolist() == [0, 3, 5, 7, 10]  # every token in one tile; a document's last may be short
     assert w.num_tokens == 11
     batch = w.batch(w.starts)
     assert batch.ids.tolist() == [
@@ -210,18 +219,18 @@ def test_short_document_is_one_padded_window():
 def test_tiles_are_non_overlapping_from_each_document_start():
     w = Windows(docs_of(9, 3, 2, 7), length=3, modality_index=0)
     batches = list(w.tiles(batch_size=4))
-    assert [bt.ids.shape[0] for bt in batches] == [4, 3]
+    assert [bt.ids.shape[0] for bt in batches] == [4, 4]
     ids = torch.cat([bt.ids for bt in batches]).tolist()
     # doc 0 tiles exactly; doc 1 is one window; doc 2 is one padded window; doc 3 (7 tokens) gives windows at 0 and 3
-    # only: its last token, 306, would need a window that does not fit, and tiling never starts one mid-way.
+    # and a padded one for its last token, so every token is scored exactly once.
     assert ids == [
         [100, 101, 102], [103, 104, 105], [106, 107, 108],
         [200, 201, 202],
         [300, 301, PAD],
-        [400, 401, 402], [403, 404, 405],
+        [400, 401, 402], [403, 404, 405], [406, PAD, PAD],
     ]
     pads = torch.cat([bt.pad_mask for bt in batches])
-    assert pads.sum().item() == 1 and pads[4, 2]
+    assert pads.sum().item() == 3 and pads[4, 2] and pads[7, 1:].all()
     # max_windows truncates in the same order.
     first = torch.cat([bt.ids for bt in w.tiles(batch_size=2, max_windows=3)]).tolist()
     assert first == ids[:3]

@@ -291,6 +291,9 @@ class Windows:
         self.wrap = 1 if markers is not None else 0  # BOS/EOS around the content
         self.sep = 2 if cond_markers is not None else 0  # BOS_c/EOS_c around a condition of another modality
         capacity = length - 2 * self.wrap  # content tokens of a row without a condition
+        if capacity < 1:
+            raise UnidiffError(f"rows of {length} tokens leave no room for content between the BOS/EOS markers: "
+                               f"raise data.seq_len")
         longest = max(len(c) for c in conds)
         if longest + self.sep >= capacity:
             raise UnidiffError(f"a document's condition takes {longest} tokens, leaving no room in rows of {length}: "
@@ -301,27 +304,25 @@ class Windows:
         self.cond_ids = torch.full((len(docs), max(longest, 1)), PAD, dtype=torch.long)  # (D, Cmax)
         for i, c in enumerate(conds):
             self.cond_ids[i, :len(c)] = c
-        starts, tiles, ends, docs_of, offset = [], [], [], [], 0
-        for i, d in enumerate(docs):
+        starts, tiles, offset = [], [], 0
+        for d in docs:
             last = max(len(d) - capacity, 0)  # last start whose window fits in the document
             starts.append(offset + torch.arange(last + 1))
-            tiles.append(offset + torch.arange(0, last + 1, capacity))
-            ends.append(torch.full((last + 1,), offset + len(d)))
-            docs_of.append(torch.full((last + 1,), i))
+            tiles.append(offset + torch.arange(0, len(d), capacity))  # the last tile may be short: every token once
             offset += len(d)
-        self.starts, self.tile_starts, self.ends = torch.cat(starts), torch.cat(tiles), torch.cat(ends)
-        self.doc_of = torch.cat(docs_of)
+        self.starts, self.tile_starts = torch.cat(starts), torch.cat(tiles)
+        self.doc_end = torch.tensor([len(d) for d in docs]).cumsum(0)  # (D,) stream offset where each doc ends
 
     @property
     def num_tokens(self) -> int:
         return len(self.stream)
 
     def batch(self, starts: torch.Tensor, keep_condition: torch.Tensor | None = None) -> Batch:
-        """Rows whose windows begin at the given stream offsets (each one of ``self.starts``); ``keep_condition``
+        """Rows whose windows begin at the given stream offsets (each one of ``self.starts`` or ``self.tile_starts``); ``keep_condition``
         (B,) bool says which rows carry their document's condition (default: none)."""
         B, L, w = len(starts), self.length, self.wrap
-        at = torch.searchsorted(self.starts, starts)
-        end, doc = self.ends[at], self.doc_of[at]  # (B,) end and index of each window's document
+        doc = torch.searchsorted(self.doc_end, starts, right=True)  # (B,) index of each window's document
+        end = self.doc_end[doc]
         c = self.cond_len[doc] if keep_condition is not None else torch.zeros(B, dtype=torch.long)
         if keep_condition is not None:
             c = torch.where(keep_condition, c, 0)
@@ -358,7 +359,8 @@ class Windows:
         return self.batch(starts, keep)
 
     def tiles(self, batch_size: int, max_windows: int | None = None):
-        """Non-overlapping windows from the start of each document, in order, without conditions (evaluation)."""
+        """Non-overlapping windows that cover every token of every document once, in order, without conditions
+        (evaluation); a document's last window may be shorter than a row."""
         starts = self.tile_starts[:max_windows]
         for i in range(0, len(starts), batch_size):
             yield self.batch(starts[i:i + batch_size])

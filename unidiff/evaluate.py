@@ -61,7 +61,7 @@ def batch_loss(model: Denoiser, batch: Batch, schedule: Schedule, generator: tor
                amp_dtype: torch.dtype | None = None, stratified: bool = True, blank: bool = False):
     """The training/evaluation objective of the model's kind: the masked-diffusion ELBO, or the exact NLL of an
     autoregressive model (which draws nothing from ``generator``)."""
-    if model.cfg.kind == "autoregressive":
+    if getattr(getattr(model, "cfg", None), "kind", "diffusion") == "autoregressive":
         return batch_nll(model, batch, amp_dtype)
     return batch_elbo(model, batch, schedule, generator, amp_dtype, stratified, blank)
 

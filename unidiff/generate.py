@@ -12,6 +12,7 @@ than the model's context each raise a `UnidiffError` naming the problem and the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -132,7 +133,9 @@ class Pipeline:
                 self.layout.block(seg.modality)
             asked = sum(seg.length for seg in segments if seg.role == "generate")
             if asked > self.max_len:  # refuse before allocating a row of that size
-                given = sum(len(self.modalities[s.modality].encode(s.content)) for s in segments if s.role == "given")
+                probe = [dataclasses.replace(s, length=1) if s.role == "generate" else s for s in segments]
+                row = encode_row(probe, self.layout, self.modalities, seed=seed + i)
+                given = len(row.ids) - int(row.targets.sum())  # given content and markers
                 self._too_long(i, given + asked, given, asked)
             row = encode_row(segments, self.layout, self.modalities, seed=seed + i)
             if len(row.ids) > self.max_len:

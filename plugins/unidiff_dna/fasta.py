@@ -46,7 +46,7 @@ def read_fasta(path: str | Path) -> list[tuple[str, str]]:
         elif line and not line.startswith(";"):  # ';' lines are old-style FASTA comments
             if not records:
                 raise UnidiffError(f"{path} line {n}: sequence before the first '>' header: is it a FASTA file?")
-            records[-1][1].append(line.replace(" ", ""))
+            records[-1][1].append("".join(line.split()))
     if not records:
         raise UnidiffError(f"{path} holds no FASTA records (no line starts with '>')")
     return [(h, "".join(parts)) for h, parts in records]
@@ -102,6 +102,7 @@ def write_fasta(records: Sequence[tuple[str, str]], path: str | Path, width: int
 
 def write_fastq(records: Sequence[tuple[str, str, str]], path: str | Path) -> None:
     """Write (header, sequence, quality) records as four-line FASTQ."""
+    records = list(records)  # checked, then written: an iterator must not be used up by the check
     for header, seq, qual in records:
         if len(seq) != len(qual):
             raise UnidiffError(f"FASTQ record {header!r}: quality has {len(qual)} characters for {len(seq)} bases")

@@ -56,7 +56,7 @@ def held_out_tiles(pipe: Pipeline, registry: Registry) -> list[str]:
     docs = builder(data["eval_split"])
     w = make_windows(encode_docs(docs, dna, pipe.layout), data["seq_len"], pipe.layout, dna.name)
     capacity = data["seq_len"] - 2 * w.wrap
-    ends = w.ends[torch.searchsorted(w.starts, w.tile_starts)]
+    ends = w.doc_end[torch.searchsorted(w.doc_end, w.tile_starts, right=True)]
     start = pipe.layout.block(dna.name).start
     return [dna.decode((w.stream[s:min(s + capacity, e)] - start).tolist())
             for s, e in zip(w.tile_starts.tolist(), ends.tolist())]
