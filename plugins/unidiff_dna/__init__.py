@@ -103,5 +103,4 @@ def register_datasets(register):
 
 @hookimpl
 def register_models(register):
-    if MODEL_DIR.is_dir():
-        register("dna", MODEL_DIR)
+    register("dna", MODEL_DIR)

@@ -298,3 +298,38 @@ def exact_copies(generated: Seqs, reference: Seqs, both_strands: bool = True) ->
     haystack = "|".join(as_list(reference)).upper()
     return sum(bool(g) and (g in haystack or (both_strands and reverse_complement(g) in haystack))
                for g in (s.upper() for s in as_list(generated)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Metrics of the sequences in a FASTA/FASTQ file: GC content, motif rates and, against a reference file,
+    k-mer Jensen-Shannon divergence (k = 1..6) and, against a training file, the memorisation check."""
+    import argparse
+
+    from unidiff_dna.fasta import read_sequences
+
+    p = argparse.ArgumentParser(prog="python -m unidiff_dna.metrics", description=main.__doc__)
+    p.add_argument("fasta", help="the sequences to measure (FASTA or FASTQ, optionally .gz)")
+    p.add_argument("--reference", help="sequences to compare k-mer spectra with (e.g. held-out real DNA)")
+    p.add_argument("--train", help="training sequences: report each sequence's highest identity to them")
+    p.add_argument("--motif", action="append", default=[], help="IUPAC motif to count per kb, both strands "
+                                                                 "(repeatable; default CG, TATAAT, GAATTC)")
+    args = p.parse_args(argv)
+    seqs = [s for _, s in read_sequences(args.fasta)]
+    gc = gc_content(seqs)
+    print(f"{len(seqs)} sequences, {sum(map(len, seqs))} bases; GC {np.nanmean(gc):.4f} ± {np.nanstd(gc):.4f} "
+          f"(quartiles {' / '.join(f'{q:.3f}' for q in np.nanpercentile(gc, [25, 50, 75]))})")
+    for motif in args.motif or ["CG", "TATAAT", "GAATTC"]:
+        print(f"{motif}: {motif_rate(seqs, motif):.3f} per kb")
+    if args.reference:
+        ref = [s for _, s in read_sequences(args.reference)]
+        print("k-mer JS divergence (bits) vs reference: " +
+              ", ".join(f"k={k}: {v:.4f}" for k, v in kmer_js_table(seqs, ref).items()))
+    if args.train:
+        train = [s for _, s in read_sequences(args.train)]
+        ident = max_identity(seqs, train)
+        print(f"highest identity to a training window: median {np.nanmedian(ident):.3f}, max {np.nanmax(ident):.3f}; "
+              f"verbatim copies: {exact_copies(seqs, train)}")
+
+
+if __name__ == "__main__":
+    main()
