@@ -29,23 +29,7 @@ from unidiff.schedules import get_schedule
 from unidiff.train import STATE, train
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-
-class Letters:
-    """A fake modality: one local id per letter of its alphabet."""
-
-    default_length, file_suffix = 4, ".txt"
-
-    def __init__(self, name: str, alphabet: str):
-        self.name, self.alphabet, self.vocab_size = name, alphabet, len(alphabet)
-
-    def encode(self, content):
-        return [self.alphabet.index(ch) for ch in content]
-
-    def decode(self, ids):
-        return "".join(self.alphabet[i] for i in ids)
-
-    def options(self):
-        return {}
+from letters import Letters
 
 
 LAYOUT = VocabLayout({"abc": 3, "xy": 2})

@@ -22,6 +22,8 @@ from unidiff.model import Denoiser, ModelConfig
 from unidiff.plugins import Registry
 from unidiff.vocab import MASK, PAD, VocabLayout
 
+from letters import Letters
+
 DOCS = [torch.arange(10, 20), torch.arange(30, 36), torch.arange(40, 43)]
 CONDS = [torch.tensor([100, 101]), torch.zeros(0, dtype=torch.long), torch.tensor([102])]
 P = PAD
@@ -82,26 +84,8 @@ def test_a_condition_must_leave_room_for_content():
     Windows(DOCS, 6, 0, [torch.arange(5), CONDS[1], CONDS[2]])  # 5 of 6 is fine
 
 
-class Letters:
-    """A fake modality: one local id per letter of its alphabet."""
-
-    default_length, file_suffix = 8, ".txt"
-
-    def __init__(self, name="abc", alphabet="abcdefghijklmnop"):
-        self.name, self.alphabet, self.vocab_size = name, alphabet, len(alphabet)
-
-    def encode(self, content):
-        return [self.alphabet.index(ch) for ch in content]
-
-    def decode(self, ids):
-        return "".join(self.alphabet[i] for i in ids)
-
-    def options(self):
-        return {}
-
-
 def test_documents_carry_their_conditions():
-    layout, m = VocabLayout({"abc": 16}), Letters()
+    layout, m = VocabLayout({"abc": 16}), Letters("abc", "abcdefghijklmnop", default_length=8)
     docs = [Document("abc", condition="p"), "de", Document("fg")]
     assert [d.tolist() for d in encode_docs(docs, m, layout)] == [[4, 5, 6], [7, 8], [9, 10]]
     assert [c.tolist() for c in encode_conditions(docs, m, layout)] == [[19], [], []]
@@ -271,7 +255,7 @@ def pipe():
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.3)
-    return Pipeline(model, {"abc": Letters()}, config={}, registry=Registry())
+    return Pipeline(model, {"abc": Letters("abc", "abcdefghijklmnop", default_length=8)}, config={}, registry=Registry())
 
 
 def scores_by_hand(model, row, start, n, folds=8):
@@ -291,7 +275,7 @@ def scores_by_hand(model, row, start, n, folds=8):
 
 def test_confidence_edit_is_scored_not_drawn():
     segs = [Segment("abc", "ab"), Segment("abc", CONTENT, role="edit", strength=0.25, order="confidence")]
-    row = encode_row(segs, VocabLayout({"abc": 16}), {"abc": Letters()})
+    row = encode_row(segs, VocabLayout({"abc": 16}), {"abc": Letters("abc", "abcdefghijklmnop", default_length=8)})
     assert not row.targets.any()  # the pipeline picks them by confidence
     assert row.rescore == [(2, 20, 0.25)]
     assert row.condition.tolist() == [True] * 2 + [False] * 20

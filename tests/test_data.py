@@ -13,22 +13,7 @@ from unidiff.data import Batch, Row, Segment, Windows, collate, encode_docs, enc
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-
-class Letters:
-    """A fake modality: a str over an alphabet, one local id per letter."""
-
-    default_length, file_suffix = 4, ".txt"
-
-    def __init__(self, name: str, alphabet: str):
-        self.name, self.alphabet, self.vocab_size = name, alphabet, len(alphabet)
-
-    def encode(self, content):
-        out = []
-        for i, ch in enumerate(content):
-            if ch not in self.alphabet:
-                raise ModalityInputError(f"{ch!r} at position {i} is not in {self.alphabet!r}")
-            out.append(self.alphabet.index(ch))
-        return out
+from letters import Letters
 
 
 ABC, XY = Letters("abc", "abc"), Letters("xy", "xy")

@@ -15,23 +15,7 @@ from unidiff.data import (Document, Segment, Windows, collate, condition_modalit
 from unidiff.errors import UnidiffError
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-
-class Letters:
-    """A fake modality: a str over an alphabet, one local id per letter."""
-
-    default_length, file_suffix = 4, ".txt"
-
-    def __init__(self, name: str, alphabet: str):
-        self.name, self.alphabet, self.vocab_size = name, alphabet, len(alphabet)
-
-    def encode(self, content):
-        return [self.alphabet.index(ch) for ch in content]
-
-    def decode(self, ids):
-        return "".join(self.alphabet[i] for i in ids)
-
-    def options(self):
-        return {}
+from letters import Letters
 
 
 ABC, XY = Letters("abc", "abc"), Letters("xy", "xy")

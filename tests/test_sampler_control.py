@@ -26,6 +26,8 @@ from unidiff.sampling import GroupSpec, sample, step_budget
 from unidiff.schedules import get_schedule
 from unidiff.vocab import MASK, VocabLayout
 
+from letters import Letters
+
 A = 4  # global id of symbol 0 of "abc"
 
 
@@ -52,15 +54,6 @@ class TableModel(nn.Module):
         out = torch.full((*h.shape[:-1], self.layout.size), float("-inf"), dtype=torch.float64)
         out[..., A:A + 3] = torch.where(hidden, self.uncond[pos], self.cond[pos])
         return out
-
-
-class Letters:
-    """A fake modality: "abc" strings, one local id per letter."""
-
-    name, vocab_size = "abc", 3
-
-    def encode(self, s):
-        return ["abc".index(ch) for ch in s]
 
 
 def abc_row(*segments):

@@ -113,7 +113,8 @@ class Pipeline:
         return self.model.cfg.max_len
 
     def modality(self, name: str | None):
-        """The model's modality of that name; None picks the only one (an error if the model has several)."""
+        """The model's modality of that name; None picks the one it was trained to generate (``"modality"`` in its
+        config.json), else its only one (an error if it has several)."""
         if name is None:
             default = self.config.get("modality")  # what the model was trained to generate
             if default in self.modalities:
