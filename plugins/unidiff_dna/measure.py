@@ -3,13 +3,14 @@
 1. **Held-out bits per base**: the diffusion model's ELBO (an upper bound on its NLL), the exact NLL of the
    autoregressive baseline of the same size and training budget (``configs/dna-ar.toml``), and order-k Markov
    models fitted on the same training records (both strands), all on the same held-out windows.
-2. **Samples**: 256 generated sequences of 256 bp against held-out DNA — 3-mer and 6-mer Jensen-Shannon
+2. **Sampler settings**: k-mer statistics of unconditional samples per policy, temperature and step count.
+3. **Samples**: 256 generated sequences of 256 bp against held-out DNA — 3-mer and 6-mer Jensen-Shannon
    divergence, GC content, CpG and motif rates, and the highest identity to any training window (memorisation) —
    beside the same figures for random training windows (the natural floor) and for the best Markov model's samples.
-3. **In-painting**: held-out windows with a 30 bp hole in the middle, restored by the model given both flanks, by
+4. **In-painting**: held-out windows with a 30 bp hole in the middle, restored by the model given both flanks, by
    the best Markov model's exact posterior (the base of highest marginal probability at each position) and by the
    autoregressive baseline given only the left flank.
-4. **Conditioning**: a k-mer logistic-regression classifier trained on real training windows (its accuracy on
+5. **Conditioning**: a k-mer logistic-regression classifier trained on real training windows (its accuracy on
    held-out real windows reported) judges 48 sequences generated per requested class, at several guidance scales.
 
 ``python -m unidiff_dna.measure --ar runs/dna-ar/model --out docs/results/dna.md``
@@ -119,6 +120,27 @@ def samples_section(args, pipe, train, held_records, best, rng) -> tuple[str, li
     return f"{about}\n\n" + markdown_table(header, rows), gen
 
 
+SAMPLERS = (("ancestral", 1.0, 32), ("ancestral", 1.0, 64), ("ancestral", 1.0, 128), ("confidence", 1.0, 64),
+            ("ancestral", 0.9, 64))
+
+
+def sampler_section(args, pipe, held_records, rng) -> str:
+    """Sample statistics per sampler setting, to choose the model's recommended sampler."""
+    rows, floor = [], random_windows(held_records, args.sampler_num, LENGTH, rng)
+    for policy, temperature, steps in SAMPLERS:
+        seqs = generate(pipe, args.sampler_num, args.seed, policy=policy, temperature=temperature, steps=steps)
+        gc = gc_content(seqs)
+        rows.append(f"| {policy} | {temperature:g} | {steps} | {kmer_js(seqs, held_records, 3):.4f} | "
+                    f"{kmer_js(seqs, held_records, 4):.4f} | {np.nanstd(gc):.3f} |")
+    gc = gc_content(floor)
+    rows.append(f"| random held-out windows | - | - | {kmer_js(floor, held_records, 3):.4f} | "
+                f"{kmer_js(floor, held_records, 4):.4f} | {np.nanstd(gc):.3f} |")
+    about = (f"{args.sampler_num} unconditional sequences of {LENGTH} bp per setting; k-mer JS divergence against all "
+             f"held-out records (the last row: the same number of real held-out windows, the sampling floor) and "
+             f"the spread of GC content between sequences (real DNA varies from sequence to sequence).")
+    return f"{about}\n\n" + markdown_table("| policy | temperature | steps (NFE) | 3-mer JS | 4-mer JS | GC sd |", rows)
+
+
 def inpainting_section(args, pipe, ar_pipe, held_records, best, rng) -> str:
     windows = random_windows(held_records, args.inpaint, LENGTH, rng)
     lo = (LENGTH - HOLE) // 2
@@ -157,13 +179,13 @@ def conditioning_section(args, pipe, records, rng) -> str:
     held = {c: [r.seq for r in records if r.split == "valid" and r.cls == c] for c in CLASSES}
     xs, ys = [], []
     for c in CLASSES:
-        xs += random_windows(train[c], 600, LENGTH, rng); ys += [c] * 600
+        xs += random_windows(train[c], 1500, LENGTH, rng); ys += [c] * 1500
     clf = KmerClassifier(CLASSES).fit(xs, ys)
     hx, hy = [], []
     for c in CLASSES:
-        hx += random_windows(held[c], 200, LENGTH, rng); hy += [c] * 200
+        hx += random_windows(held[c], 400, LENGTH, rng); hy += [c] * 400
     real = clf.accuracy(hx, hy)
-    rows = ["| real held-out windows (200 per class) | - | " +
+    rows = ["| real held-out windows (400 per class) | - | " +
             " | ".join(f"{real[c]:.3f}" for c in CLASSES) + f" | {real['mean']:.3f} | - |"]
     labels = [c for c in CLASSES for _ in range(args.per_class)]
     requests = [pipe.conditioned(c, [Segment("dna", role="generate", length=LENGTH)]) for c in labels]
@@ -177,7 +199,7 @@ def conditioning_section(args, pipe, records, rng) -> str:
         rows.append(f"| generated, {args.per_class} per class | {w:g} | " +
                     " | ".join(f"{acc[c]:.3f}" for c in CLASSES) + f" | {acc['mean']:.3f} | {gc} |")
     real_gc = " / ".join(f"{np.nanmean(gc_content(held[c])):.3f}" for c in CLASSES)
-    about = (f"A k-mer (k = 1-4) logistic-regression classifier trained on 600 random {LENGTH} bp training windows "
+    about = (f"A k-mer (k = 1-4) logistic-regression classifier trained on 1500 random {LENGTH} bp training windows "
              f"per class judges sequences generated with the class as condition (`--condition CLASS`), at "
              f"classifier-free guidance scales w (0: unconditional, 1: conditional, no guidance). Chance is "
              f"{1 / len(CLASSES):.3f}. GC of the generated sequences per class ({', '.join(CLASSES)}); held-out real "
@@ -194,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inpaint", type=int, default=200, help="held-out windows for the in-painting test")
     parser.add_argument("--per-class", type=int, default=48, help="generated sequences per class and guidance")
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 2.0, 3.0])
-    parser.add_argument("--sections", nargs="+", default=["likelihood", "samples", "inpainting", "conditioning"])
+    parser.add_argument("--sampler-num", type=int, default=96, help="sequences per sampler setting")
+    parser.add_argument("--sections", nargs="+", default=["likelihood", "sampler", "samples", "inpainting",
+                                                          "conditioning"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="Markdown file to write (default: print only)")
     args = parser.parse_args(argv)
@@ -211,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     text, best = likelihood(args, pipe, registry, train, tiles)
     if "likelihood" in args.sections:
         parts.append("## Held-out likelihood\n\n" + text)
+    if "sampler" in args.sections:
+        parts.append("## Sampler settings\n\n" + sampler_section(args, pipe, held_records, rng))
     if "samples" in args.sections:
         parts.append("## Generated sequences\n\n" + samples_section(args, pipe, train, held_records, best, rng)[0])
     if "inpainting" in args.sections:
