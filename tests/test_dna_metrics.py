@@ -89,7 +89,7 @@ def test_kmer_js_of_a_set_with_itself_is_zero_and_table_matches():
 
 
 def test_reverse_complement():
-    assert reverse_complement("aacgtN") == "NACGTT"
+    assert reverse_complement("aacgtN") == "Nacgtt"  # case is kept
     assert reverse_complement("GAATTC") == "GAATTC"
 
 

@@ -17,19 +17,13 @@ from typing import Sequence
 
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff.hookspecs import hookimpl
+from unidiff_dna.metrics import reverse_complement  # noqa: F401 (part of the plugin's API)
 
 __version__ = "0.1.0"
 MODEL_DIR = Path(__file__).parent / "model"
 ALPHABET = "ACGTN"
 IUPAC_AMBIGUOUS = "RYSWKMBDHV"
 IUPAC_MODES = ("error", "n")
-_COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
-
-
-def reverse_complement(seq: str) -> str:
-    """The reverse complement of an A/C/G/T/N sequence (N stays N)."""
-    return seq.translate(_COMPLEMENT)[::-1]
-
 
 class DnaModality:
     """Nucleotides as tokens: A=0, C=1, G=2, T=3, N=4.

@@ -25,7 +25,7 @@ UNKNOWN = 4  # the code of N (and of any character that is not A, C, G or T)
 _CODES = np.full(256, UNKNOWN, dtype=np.uint8)
 for _i, _b in enumerate("ACGT"):
     _CODES[ord(_b)] = _CODES[ord(_b.lower())] = _i
-_COMPLEMENT = str.maketrans("ACGTRYSWKMBDHVN", "TGCAYRSWMKVHDBN")
+_COMPLEMENT = str.maketrans("ACGTRYSWKMBDHVNacgtryswkmbdhvn", "TGCAYRSWMKVHDBNtgcayrswmkvhdbn")
 _IUPAC = {"A": "A", "C": "C", "G": "G", "T": "T", "R": "AG", "Y": "CT", "S": "CG", "W": "AT", "K": "GT", "M": "AC",
           "B": "CGT", "D": "AGT", "H": "ACT", "V": "ACG", "N": "ACGT"}
 _FFT_BLOCK_MIN = 1 << 14  # smallest FFT block of `max_identity` (longer queries get 4x their length, a power of 2)
@@ -48,8 +48,8 @@ def encode_joined(seqs: Seqs) -> np.ndarray:
 
 
 def reverse_complement(seq: str) -> str:
-    """Reverse complement (A<->T, C<->G, N->N; IUPAC codes map to their complements, e.g. R<->Y), upper case."""
-    return seq.upper().translate(_COMPLEMENT)[::-1]
+    """Reverse complement (A<->T, C<->G, N->N; IUPAC codes map to their complements, e.g. R<->Y); case is kept."""
+    return seq.translate(_COMPLEMENT)[::-1]
 
 
 def window_index(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ def cases(num: int, context: int) -> list[tuple[str, str, str]]:
 @torch.no_grad()
 def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int, samples: int, seed: int) -> float:
     """ELBO (bits) of the word (then hole - len blanks) in a hole of ``hole`` positions given the context."""
-    from unidiff.data import Segment, collate, encode_row
+    from unidiff.data import Segment, encode_row
     from unidiff.losses import sample_times
 
     layout, m = pipe.layout, pipe.modalities["text"]
