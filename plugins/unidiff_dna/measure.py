@@ -161,6 +161,9 @@ def inpainting_section(args, pipe, ar_pipe, held_records, best, rng) -> str:
     for steps in (HOLE, HOLE // 4):
         fills = fill(pipe, holed, policy="confidence", steps=steps)
         rows.append(f"| unidiff diffusion, both flanks, greedy confidence, {steps} steps | {accuracy(fills):.3f} |")
+    fills = fill(pipe, holed, policy="confidence", steps=HOLE, symmetric=True)
+    rows.append(f"| unidiff diffusion, both flanks, greedy confidence, {HOLE} steps, both strands (`--symmetric`) | "
+                f"{accuracy(fills):.3f} |")
     markov = [best.infill(w[:lo], HOLE, w[lo + HOLE:]) for w in windows]
     rows.append(f"| order-{best.k} Markov, both flanks, exact posterior argmax | {accuracy(markov):.3f} |")
     if ar_pipe is not None:
