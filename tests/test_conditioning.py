@@ -255,7 +255,8 @@ def pipe():
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.3)
-    return Pipeline(model, {"abc": Letters("abc", "abcdefghijklmnop", default_length=8)}, config={}, registry=Registry())
+    letters = Letters("abc", "abcdefghijklmnop", default_length=8)
+    return Pipeline(model, {"abc": letters}, config={}, registry=Registry())
 
 
 def scores_by_hand(model, row, start, n, folds=8):

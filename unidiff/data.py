@@ -318,8 +318,9 @@ class Windows:
         return len(self.stream)
 
     def batch(self, starts: torch.Tensor, keep_condition: torch.Tensor | None = None) -> Batch:
-        """Rows whose windows begin at the given stream offsets (each one of ``self.starts`` or ``self.tile_starts``); ``keep_condition``
-        (B,) bool says which rows carry their document's condition (default: none)."""
+        """Rows whose windows begin at the given stream offsets (each one of ``self.starts`` or
+        ``self.tile_starts``); ``keep_condition`` (B,) bool says which rows carry their document's condition
+        (default: none)."""
         B, L, w = len(starts), self.length, self.wrap
         doc = torch.searchsorted(self.doc_end, starts, right=True)  # (B,) index of each window's document
         end = self.doc_end[doc]

@@ -78,7 +78,8 @@ def likelihood(args, pipe, registry, train, tiles) -> tuple[str, object]:
                 f"{res.bits_per_token['dna']:.4f} |")
     if args.ar:
         res_ar, _ = evaluate_model(args.ar, registry)
-        rows.append(f"| autoregressive transformer, same size and budget, exact NLL | {res_ar.bits_per_token['dna']:.4f} |")
+        bits = res_ar.bits_per_token["dna"]
+        rows.append(f"| autoregressive transformer, same size and budget, exact NLL | {bits:.4f} |")
     best, table = fit_best(train, tiles)
     for k, bits in table.items():
         rows.append(f"| order-{k} Markov model{' (best)' if k == best.k else ''} | {bits:.4f} |")
