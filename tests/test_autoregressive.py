@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import unidiff.train as train_mod
 from unidiff.cli import main
@@ -29,7 +28,7 @@ from unidiff.schedules import get_schedule
 from unidiff.train import STATE, train
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-from letters import Letters
+from helpers import Letters, assert_same_weights
 
 
 LAYOUT = VocabLayout({"abc": 3, "xy": 2})
@@ -278,17 +277,6 @@ def test_autoregressive_evaluation_is_exact(trained):
 
 class Interrupted(Exception):
     pass
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"{a}/{k} differs"
 
 
 def test_exact_resume(tmp_path, registry, monkeypatch):

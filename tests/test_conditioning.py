@@ -22,7 +22,7 @@ from unidiff.model import Denoiser, ModelConfig
 from unidiff.plugins import Registry
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-from letters import Letters
+from helpers import Letters
 
 DOCS = [torch.arange(10, 20), torch.arange(30, 36), torch.arange(40, 43)]
 CONDS = [torch.tensor([100, 101]), torch.zeros(0, dtype=torch.long), torch.tensor([102])]

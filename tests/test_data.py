@@ -13,7 +13,7 @@ from unidiff.data import Batch, Row, Segment, Windows, collate, encode_docs, enc
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-from letters import Letters
+from helpers import Letters
 
 
 ABC, XY = Letters("abc", "abc"), Letters("xy", "xy")

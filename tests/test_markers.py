@@ -15,7 +15,7 @@ from unidiff.data import (Document, Segment, Windows, collate, condition_modalit
 from unidiff.errors import UnidiffError
 from unidiff.vocab import MASK, PAD, VocabLayout
 
-from letters import Letters
+from helpers import Letters
 
 
 ABC, XY = Letters("abc", "abc"), Letters("xy", "xy")

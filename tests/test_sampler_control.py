@@ -26,7 +26,7 @@ from unidiff.sampling import GroupSpec, sample, step_budget
 from unidiff.schedules import get_schedule
 from unidiff.vocab import MASK, VocabLayout
 
-from letters import Letters
+from helpers import Letters
 
 A = 4  # global id of symbol 0 of "abc"
 

@@ -83,8 +83,6 @@ def test_alpha_monotone_decreasing(name):
     assert ((a >= -1e-15) & (a <= 1 + 1e-15)).all()
 
 
-
-
 @pytest.mark.parametrize("name, eps", [
     ("linear", 1e-6), ("cosine", 1e-6), ("poly2", 1e-6),
     ("poly3", 1e-6),

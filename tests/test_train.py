@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import unidiff.checkpoint as ckpt
 import unidiff.train as train_mod
@@ -19,6 +18,8 @@ from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.model import ModelConfig
 from unidiff.plugins import Registry
 from unidiff.train import STATE, lr_at, train
+
+from helpers import assert_same_weights, weights
 
 TRAIN_DOCS = [
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
@@ -67,17 +68,6 @@ def ref_copy(reference, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(reference[0], dst)
     return dst
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"{a.name}/{k} differs"
 
 
 def read_log(out: Path) -> list[dict]:

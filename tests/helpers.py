@@ -1,4 +1,10 @@
-"""A fake modality shared by the tests: a str over an alphabet, one local id per letter."""
+"""Pieces the tests share: a fake modality (a str over an alphabet, one local id per letter) and checkpoint
+weight comparison."""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
 
 from unidiff.errors import ModalityInputError
 
@@ -25,3 +31,15 @@ class Letters:
 
     def options(self):
         return {}
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The model folders a and b hold bit-identical weights."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{a}/{k} differs"
