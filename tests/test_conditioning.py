@@ -15,7 +15,7 @@ import torch
 
 from unidiff import Pipeline
 from unidiff.checkpoint import init_weights, write_model
-from unidiff.data import Document, Segment, Windows, encode_conditions, encode_docs, encode_row, insert_blanks
+from unidiff.data import Document, Segment, Windows, encode_conditions, encode_docs, encode_row, make_holes
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.modality import make_head
 from unidiff.model import Denoiser, ModelConfig
@@ -115,50 +115,58 @@ def conditioned_batch(seed=0):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_insert_blanks_keeps_the_text_in_order_and_the_condition(seed):
+def test_make_holes_hold_the_text_then_blanks_and_keep_the_rest(seed):
     batch = conditioned_batch(seed)
-    out = insert_blanks(batch, BLANK, max_runs=2, max_len=3, generator=torch.Generator().manual_seed(seed))
-    assert out.ids.shape == batch.ids.shape
-    assert torch.equal(out.condition, batch.condition) and torch.equal(out.positions, batch.positions)
-    cond = batch.condition
-    assert torch.equal(out.ids[cond], batch.ids[cond]) and not out.targets[cond].any()
-    inserted = 0
+    out = make_holes(batch, BLANK, max_holes=2, max_len=3, generator=torch.Generator().manual_seed(seed))
+    for field in ("modality", "positions", "pad_mask", "targets", "condition"):
+        assert torch.equal(getattr(out, field), getattr(batch, field)), field
+    assert not (out.blank_ok & ~batch.targets).any()  # holes lie inside the content
+    assert torch.equal(out.ids == BLANK, out.blank_ok & (out.ids == BLANK)) and not (batch.ids == BLANK).any()
+    made = 0
     for b in range(len(batch.ids)):
         before = batch.ids[b, batch.targets[b]].tolist()
         after = out.ids[b, out.targets[b]].tolist()
         text = [t for t in after if t != BLANK]
-        assert text == before[:len(text)]  # the original tokens, in order, cut at the row's end
-        blanks = [t == BLANK for t in out.ids[b].tolist()]
-        runs = runs_of(blanks)
-        assert len(runs) <= 2 and sum(runs) <= 2 * 3
-        assert torch.equal(out.pad_mask[b], ~(out.targets[b] | cond[b]))
-        assert not (out.pad_mask[b] & ~batch.pad_mask[b]).any()  # blanks push content into the padding, if any
-        inserted += sum(blanks)
-    assert inserted > 0
+        assert text == before[:len(text)]  # the original tokens, in order, cut back to the content's length
+        hole = out.blank_ok[b].tolist()
+        runs = runs_of(hole)
+        assert len(runs) <= 2 and all(1 <= r <= 3 for r in runs)
+        j = 0
+        while j < len(hole):  # each hole: its tokens first, then its blanks
+            if hole[j]:
+                k = j + runs_of(hole[j:])[0]
+                blanks = [int(t) == BLANK for t in out.ids[b, j:k]]
+                assert blanks == sorted(blanks)
+                j = k
+            j += 1
+        made += len(runs)
+    assert made > 0 and (out.ids == BLANK).any()
 
 
-def test_insert_blanks_with_no_runs_is_the_identity():
+def test_make_holes_with_none_is_the_identity():
     batch = conditioned_batch(1)
-    out = insert_blanks(batch, BLANK, max_runs=0, max_len=5, generator=torch.Generator().manual_seed(0))
+    out = make_holes(batch, BLANK, max_holes=0, max_len=5, generator=torch.Generator().manual_seed(0))
     for field in ("ids", "modality", "positions", "pad_mask", "targets", "condition"):
         assert torch.equal(getattr(out, field), getattr(batch, field)), field
+    assert not out.blank_ok.any()
 
 
-def test_insert_blanks_by_hand_on_one_row():
+def test_make_holes_by_hand_on_one_row():
     """One row, targets 10..15 after a condition of 2; replaying the generator's draws gives the expected row."""
     w = Windows(DOCS, 8, 0, CONDS)
     batch = w.batch(torch.tensor([0]), torch.tensor([True]))
     assert batch.ids.tolist() == [[100, 101, 10, 11, 12, 13, 14, 15]]
-    seed = 3
+    seed = 16
     g = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(3, (1,), generator=g))
-    row = list(range(10, 16))
-    for _ in range(n):
-        at = int(torch.randint(len(row) + 1, (1,), generator=g))
-        row[at:at] = [BLANK] * int(torch.randint(1, 4, (1,), generator=g))
-    out = insert_blanks(batch, BLANK, max_runs=2, max_len=3, generator=torch.Generator().manual_seed(seed))
-    assert n > 0
+    assert int(torch.randint(2, (1,), generator=g)) == 1  # one hole
+    k = int(torch.randint(1, 5, (1,), generator=g))
+    n = int(torch.randint(k + 1, (1,), generator=g))
+    at = int(torch.randint(6 - k + 1, (1,), generator=g))
+    assert 0 < n < k  # the draws give a hole with text and blanks
+    row = list(range(10, 10 + at + n)) + [BLANK] * (k - n) + list(range(10 + at + n, 16))
+    out = make_holes(batch, BLANK, max_holes=1, max_len=4, generator=torch.Generator().manual_seed(seed))
     assert out.ids.tolist() == [[100, 101] + row[:6]]
+    assert out.blank_ok.tolist() == [[False, False] + [at <= j < at + k for j in range(6)]]
 
 
 # --- the BLANK id and its head --------------------------------------------------------------------------------
@@ -220,7 +228,7 @@ def test_init_weights_copies_every_shared_parameter(tmp_path):
     fresh = copy.deepcopy(new.state_dict())
     assert init_weights(folder, new, Registry()) == folder
     mine, theirs = new.state_dict(), old.state_dict()
-    assert set(mine) - set(theirs) == {"blank_head.weight", "blank_head.bias"}
+    assert set(mine) - set(theirs) == {"blank_head.weight", "blank_head.bias", "hole_emb"}
     for key, value in theirs.items():
         if key == "tok_emb.weight":
             assert value.shape[0] == 260 and mine[key].shape[0] == 261
@@ -228,7 +236,7 @@ def test_init_weights_copies_every_shared_parameter(tmp_path):
             assert torch.equal(mine[key][260:], fresh[key][260:])  # the BLANK row keeps its fresh init
         else:
             assert torch.equal(mine[key], value), key
-    for key in ("blank_head.weight", "blank_head.bias"):
+    for key in ("blank_head.weight", "blank_head.bias", "hole_emb"):
         assert torch.equal(mine[key], fresh[key])
 
 

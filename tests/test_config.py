@@ -34,8 +34,8 @@ def test_load_text_toml_matches_file():
             assert type(got) is type(getattr(type(sub)(), key)), f"{section}.{key} has type {type(got)}"
     # spot checks with the literal values of configs/text.toml
     assert cfg.model == ModelConfig(d_model=256, n_layers=4, n_heads=4, mlp_ratio=4.0, max_len=256, dropout=0.0)
-    assert cfg.data == DataConfig(dataset="shakespeare-titled", seq_len=256, cond_dropout=0.5, blank_runs=2,
-                                  blank_max=16)
+    assert cfg.data == DataConfig(dataset="shakespeare-titled", seq_len=256, cond_dropout=0.5, holes=2,
+                                  hole_max=16)
     assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.min_lr_ratio) == (1500, 32, 5e-4, 0.05)
     assert (cfg.train.warmup, cfg.train.eval_every, cfg.train.eval_windows,
             cfg.train.save_every) == (100, 250, 512, 250)
@@ -160,6 +160,7 @@ def test_later_override_wins_and_defaults_apply_without_file():
     ("train.steps=true", ["config key train.steps takes an int; got True"]),
     ("train.progress=1", ["config key train.progress takes a bool; got 1"]),
     ("train.lr=fast", ["config key train.lr takes a float; got 'fast'"]),
+    ("data.blank_runs=2", ["config key data.blank_runs is gone", "use data.holes"]),  # an older config's key
 ])
 def test_bad_override_is_a_helpful_error(text, needles):
     with pytest.raises(UnidiffError) as e:
@@ -238,6 +239,9 @@ def test_string_key_takes_the_override_as_written():
     ("model.dropout=-0.1", "model.dropout must lie in [0, 1)"),
     ("train.warmup=-1", "train.warmup must not be negative"),
     ("data.seq_len=512", "data.seq_len 512 exceeds model.max_len 256"),
+    ("data.holes=-1", "data.holes must not be negative"),
+    ("data.hole_max=0", "data.hole_max must be at least 1"),
+    ("model.kind=autoregressive", "data.holes needs model.kind"),  # text.toml trains holes
 ])
 def test_values_out_of_range_are_refused(override, needle):
     with pytest.raises(UnidiffError) as e:

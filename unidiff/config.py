@@ -25,8 +25,8 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "valid"
     cond_dropout: float = 1.0  # probability that a row hides its document's condition (1: never conditioned)
-    blank_runs: int = 0  # up to this many BLANK runs inserted per row (0: none, no BLANK id in the vocabulary)
-    blank_max: int = 16  # longest BLANK run
+    holes: int = 0  # up to this many variable-length holes made per row (0: none, no BLANK id in the vocabulary)
+    hole_max: int = 16  # longest hole, in tokens
 
 
 @dataclass
@@ -102,10 +102,12 @@ class Config:
             raise UnidiffError(f"[sample] needs temperature >= 0, 0 < steps_per_token <= 1, 0 <= remask <= 1 and "
                                f"guidance >= 0; got {sc.temperature}, {sc.steps_per_token}, {sc.remask}, "
                                f"{sc.guidance}")
-        if d.blank_max < 1:
-            raise UnidiffError(f"config key data.blank_max must be at least 1; got {d.blank_max}")
+        if d.holes and m.kind == "autoregressive":
+            raise UnidiffError("data.holes needs model.kind = \"diffusion\": an autoregressive model fills no holes")
+        if d.hole_max < 1:
+            raise UnidiffError(f"config key data.hole_max must be at least 1; got {d.hole_max}")
         for key, value in {"train.warmup": t.warmup, "train.weight_decay": t.weight_decay,
-                           "train.grad_clip": t.grad_clip, "data.blank_runs": d.blank_runs}.items():
+                           "train.grad_clip": t.grad_clip, "data.holes": d.holes}.items():
             if value < 0:
                 raise UnidiffError(f"config key {key} must not be negative; got {value}")
         if d.seq_len > m.max_len:
@@ -125,6 +127,12 @@ class Config:
         return cfg
 
 
+# Keys that an older unidiff knew, with what replaced them.
+RENAMED = {"data.blank_runs": "use data.holes (variable-length holes are now trained as whole holes, see "
+                              "unidiff.data.make_holes)",
+           "data.blank_max": "use data.hole_max"}
+
+
 def _section(cfg: Config, name: str):
     names = [f.name for f in dataclasses.fields(cfg)]
     if name not in names:
@@ -134,6 +142,8 @@ def _section(cfg: Config, name: str):
 
 def _assign(sub: Any, section: str, key: str, value: Any) -> None:
     fields = {f.name: f for f in dataclasses.fields(sub)}
+    if f"{section}.{key}" in RENAMED:
+        raise UnidiffError(f"config key {section}.{key} is gone: {RENAMED[f'{section}.{key}']}")
     if key not in fields:
         raise UnidiffError(f"unknown config key {section}.{key}; keys of [{section}] are: {', '.join(fields)}")
     current = getattr(sub, key)

@@ -38,7 +38,7 @@ class Segment:
         order: which tokens an edit re-masks: "random", or "confidence" (those the model finds least likely in
             their context first; scored by the pipeline before sampling).
         variable: a 'generate' segment of *up to* ``length`` tokens: the model may fill some positions with BLANK,
-            which decoding drops (needs a model trained with blanks, ``data.blank_runs > 0``).
+            which decoding drops (needs a model trained with holes, ``data.holes > 0``).
         steps, policy, schedule: per-segment sampling control (None: the call's settings). Segments that set
             them decode as their own group, concurrently with the rest of the row, e.g. a short caption in a few
             steps and a long image in many.
@@ -130,7 +130,7 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
         raise UnidiffError("a sample needs at least one segment")
     markers = len(layout.names) > 1  # as training rows have them (see make_windows)
     if any(s.variable for s in segments) and not layout.has_blank:
-        raise UnidiffError("variable-length holes need a model trained with blank tokens (data.blank_runs > 0) and "
+        raise UnidiffError("variable-length holes need a model trained with them (data.holes > 0) and "
                            "this one was not: use fixed-length holes (<mask:N>) or such a model")
     ids, mods, tgts, spans, segs, rescore = [], [], [], [], [], []
     run_of: list[int] = []  # per position: the modality run of a marker, -1 for content
@@ -367,25 +367,36 @@ class Windows:
             yield self.batch(starts[i:i + batch_size])
 
 
-def insert_blanks(batch: Batch, blank: int, max_runs: int, max_len: int, generator: torch.Generator) -> Batch:
-    """Insert BLANK runs into training rows: each row gets 0..max_runs insertions (uniform), each of 1..max_len
-    blanks (uniform), at a uniform place in the row as it stands (so a later insertion may land next to or inside an
-    earlier one, making one longer run); the row is then cut back to its length. Blanks are targets,
-    so the model learns where "nothing" may stand, which is what lets it fill a hole of up to N tokens with fewer."""
+def make_holes(batch: Batch, blank: int, max_holes: int, max_len: int, generator: torch.Generator) -> Batch:
+    """Turn stretches of training rows into variable-length holes, as `encode_row` lays out a ``<blank:K>`` hole.
+
+    Each row gets 0..max_holes holes (uniform). A hole has K = 1..max_len positions (uniform) and holds the next
+    n = 0..K tokens of the text (uniform) followed by K - n BLANKs: the text after the hole moves right by K - n
+    and the row's content is cut back to its length, so markers and padding stay where they were. Holes lie
+    inside the content (the targets), apart from each other, and are marked in ``blank_ok``: the model sees the
+    mark as an input and may predict BLANK there (and nowhere else). This is the canonical arrangement of a fill
+    (its tokens first, then blanks), so a hole's ELBO bounds the likelihood of the text it holds.
+
+    Returns a new Batch whose ``blank_ok`` marks the holes' positions.
+    """
     B, L = batch.ids.shape
-    ids, targets, pad = batch.ids.clone(), batch.targets.clone(), batch.pad_mask.clone()
-    n_runs = torch.randint(max_runs + 1, (B,), generator=generator)
+    ids, hole = batch.ids.clone(), torch.zeros((B, L), dtype=torch.bool)
+    n_holes = torch.randint(max_holes + 1, (B,), generator=generator)
     for b in range(B):
-        tgt = batch.targets[b].nonzero().squeeze(1)
-        if not int(n_runs[b]) or not len(tgt):
+        where = batch.targets[b].nonzero().squeeze(1)
+        if not int(n_holes[b]) or not len(where):
             continue
-        first, stop = int(tgt[0]), int(tgt[-1]) + 1
-        row = batch.ids[b, first:stop].tolist()
-        for _ in range(int(n_runs[b])):
-            at = int(torch.randint(len(row) + 1, (1,), generator=generator))
-            row[at:at] = [blank] * int(torch.randint(1, max_len + 1, (1,), generator=generator))
-        row = row[:L - first]
-        ids[b, first:first + len(row)] = torch.tensor(row)
-        targets[b, first:first + len(row)] = True
-        pad[b, first:first + len(row)] = False
-    return Batch(ids, batch.modality, batch.positions, pad, targets, batch.condition, None, batch.group)
+        first, stop = int(where[0]), int(where[-1]) + 1  # the content: one run of targets
+        row, mark = ids[b, first:stop].tolist(), [False] * (stop - first)
+        for _ in range(int(n_holes[b])):
+            k = min(int(torch.randint(1, max_len + 1, (1,), generator=generator)), len(row))
+            n = int(torch.randint(k + 1, (1,), generator=generator))
+            at = int(torch.randint(len(row) - k + 1, (1,), generator=generator))
+            if any(mark[max(at - 1, 0):at + k + 1]):
+                continue  # would touch an earlier hole: two holes side by side would read as one
+            row = (row[:at + n] + [blank] * (k - n) + row[at + n:])[:stop - first]
+            mark = (mark[:at] + [True] * k + mark[at + n:])[:stop - first]
+        ids[b, first:stop] = torch.tensor(row)
+        hole[b, first:stop] = torch.tensor(mark)
+    return Batch(ids, batch.modality, batch.positions, batch.pad_mask, batch.targets, batch.condition, hole,
+                 batch.group)

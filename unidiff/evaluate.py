@@ -24,9 +24,9 @@ from unidiff.schedules import Schedule, get_schedule
 
 
 def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: torch.Generator,
-               amp_dtype: torch.dtype | None = None, stratified: bool = True, blank: bool = False):
-    """One Monte-Carlo ELBO estimate on a batch (``blank``: every position may predict BLANK, as in training
-    with blank insertions; evaluation on real data leaves it off, so the figure is that of blank-free text).
+               amp_dtype: torch.dtype | None = None, stratified: bool = True):
+    """One Monte-Carlo ELBO estimate on a batch. Positions in ``batch.blank_ok`` are variable-length holes (see
+    `unidiff.data.make_holes`): the model is told so and may predict BLANK there.
 
     Returns:
         (sums, counts): (M,) summed ELBO terms (nats) and target-token counts per modality; sums carries gradient.
@@ -34,10 +34,14 @@ def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: tor
     device = batch.ids.device
     t = sample_times(len(batch.ids), generator, stratified=stratified, device=device)
     xt, masked = corrupt(batch.ids, t, schedule, batch.targets, generator)
+    hole = batch.blank_ok
     with autocast(device, amp_dtype):
-        h = model.features(xt, batch.modality, batch.positions, batch.pad_mask)  # (B, L, d)
-        logits = model.logits(h[masked], batch.modality[masked], blank=True) if blank else \
-            model.logits(h[masked], batch.modality[masked])  # (N, V)
+        if hole is None:
+            h = model.features(xt, batch.modality, batch.positions, batch.pad_mask)  # (B, L, d)
+            logits = model.logits(h[masked], batch.modality[masked])  # (N, V)
+        else:
+            h = model.features(xt, batch.modality, batch.positions, batch.pad_mask, hole=hole)
+            logits = model.logits(h[masked], batch.modality[masked], blank=hole[masked])
     nll = torch.zeros(batch.ids.shape, device=device)
     nll[masked] = F.cross_entropy(logits.float(), batch.ids[masked], reduction="none")
     terms = elbo_terms(nll, masked, t, schedule)
@@ -58,12 +62,12 @@ def batch_nll(model: Denoiser, batch: Batch, amp_dtype: torch.dtype | None = Non
 
 
 def batch_loss(model: Denoiser, batch: Batch, schedule: Schedule, generator: torch.Generator,
-               amp_dtype: torch.dtype | None = None, stratified: bool = True, blank: bool = False):
+               amp_dtype: torch.dtype | None = None, stratified: bool = True):
     """The training/evaluation objective of the model's kind: the masked-diffusion ELBO, or the exact NLL of an
     autoregressive model (which draws nothing from ``generator``)."""
     if getattr(getattr(model, "cfg", None), "kind", "diffusion") == "autoregressive":
         return batch_nll(model, batch, amp_dtype)
-    return batch_elbo(model, batch, schedule, generator, amp_dtype, stratified, blank)
+    return batch_elbo(model, batch, schedule, generator, amp_dtype, stratified)
 
 
 @dataclass

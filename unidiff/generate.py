@@ -242,7 +242,8 @@ class Pipeline:
                 continue
             x = torch.where(hide | batch.targets, MASK, batch.ids)
             with autocast(batch.ids.device, self.amp_dtype):
-                h = self.model.features(x, batch.modality, batch.positions, batch.pad_mask)
+                hole = {} if batch.blank_ok is None else {"hole": batch.blank_ok}
+                h = self.model.features(x, batch.modality, batch.positions, batch.pad_mask, **hole)
                 logits = self.model.logits(h[hide], batch.modality[hide]).float()
             logp[hide] = logits.double().log_softmax(-1).gather(1, batch.ids[hide].unsqueeze(1)).squeeze(1)
             extra[todo] += 1

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unidiff.errors import UnidiffError
 from unidiff.vocab import VocabLayout
 
 
@@ -102,9 +103,14 @@ class Denoiser(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.heads = nn.ModuleDict({n: heads[n] for n in layout.names})
-        # The BLANK logit (variable-length holes), shared by all modalities; only where the caller allows it.
+        # Variable-length holes: the BLANK logit, shared by all modalities and only where the caller allows it, and
+        # a learned vector added to the input at every position of a hole, so the model knows which masked
+        # positions may turn out to be nothing (and how long the hole is).
         self.blank_head = nn.Linear(cfg.d_model, 1) if layout.has_blank else None
+        self.hole_emb = nn.Parameter(torch.zeros(cfg.d_model)) if layout.has_blank else None
         self.apply(self._init)
+        if self.hole_emb is not None:
+            nn.init.normal_(self.hole_emb, std=0.02)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -117,8 +123,11 @@ class Denoiser(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def features(self, ids: torch.Tensor, modality: torch.Tensor, positions: torch.Tensor | None = None,
-                 pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) ids, modality indices, positions, bool padding -> (B, L, d_model) final hidden states."""
+                 pad_mask: torch.Tensor | None = None, hole: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids, modality indices, positions, bool padding -> (B, L, d_model) final hidden states.
+
+        ``hole`` ((B, L) bool) marks the positions of variable-length holes, on a model whose layout has BLANK.
+        """
         B, L = ids.shape
         if positions is None:
             positions = torch.arange(L, device=ids.device).expand(B, L)
@@ -130,6 +139,11 @@ class Denoiser(nn.Module):
             tril = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
             attn_mask = tril if attn_mask is None else attn_mask & tril
         x = self.tok_emb(ids) + self.mod_emb(modality)
+        if hole is not None:
+            if self.hole_emb is None:
+                raise UnidiffError("variable-length holes need a model trained with them (data.holes > 0), and "
+                                   "this one was not: use fixed-length holes (<mask:N>)")
+            x = x + hole.unsqueeze(-1).to(x.dtype) * self.hole_emb
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask)
         x = self.norm(x)

@@ -315,16 +315,17 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             where = ma.nonzero(as_tuple=True)
             mods = batch.modality[rows]
             blank = blank_ok[rows][where] if blank_ok is not None else None
+            hole = {} if blank_ok is None else {"hole": blank_ok[rows].repeat(passes, 1)}
             with autocast(device, amp_dtype):
                 if passes == 2:  # the unconditional pass hides the conditioning positions from attention
                     hidden = torch.cat([batch.pad_mask[rows], batch.pad_mask[rows] | condition[rows]])
                     h = model.features(xa.repeat(2, 1), mods.repeat(2, 1), batch.positions[rows].repeat(2, 1),
-                                       hidden)
+                                       hidden, **hole)
                     lc = _logits(model, h[:len(rows)][where], mods[where], blank).float()
                     lu = _logits(model, h[len(rows):][where], mods[where], blank).float()
                     logits = torch.where(torch.isfinite(lc), lu + guidance * (lc - lu), lc)
                 else:
-                    h = model.features(xa, mods, batch.positions[rows], batch.pad_mask[rows])
+                    h = model.features(xa, mods, batch.positions[rows], batch.pad_mask[rows], **hole)
                     logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
             probs = logits.double().softmax(-1)  # (n_masked, V)
             u = hashed_uniform(seeds[rows][where[0]], k, STREAM_TOKEN, where[1])

@@ -59,8 +59,11 @@ class Mirrored(nn.Module):
             index = torch.where(content, first.unsqueeze(1) + last.unsqueeze(1) - j, index)
         return index
 
-    def features(self, ids, modality, positions=None, pad_mask=None) -> torch.Tensor:
+    def features(self, ids, modality, positions=None, pad_mask=None, hole=None) -> torch.Tensor:
         """(B, L, 2d): the model's features on the rows and, aligned back position by position, on their mirrors."""
+        if hole is not None:  # a mirrored hole holds its fill last, not first: not the arrangement models learn
+            raise UnidiffError("symmetric sampling does not take variable-length holes (<blank:N>); use <mask:N> "
+                               "holes or drop --symmetric")
         index = self.mirror_index(ids, modality, pad_mask)
         mirrored = self.perm.to(ids.device)[ids.gather(1, index)]
         h = self.model.features(torch.cat([ids, mirrored]), modality.repeat(2, 1),

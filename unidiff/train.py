@@ -27,7 +27,7 @@ from tqdm import tqdm
 from unidiff.checkpoint import (atomic_dir, ensure_writable, init_weights, load_weights, read_config, recover,
                                 write_model)
 from unidiff.config import Config
-from unidiff.data import condition_modality, encode_conditions, encode_docs, insert_blanks, make_windows
+from unidiff.data import condition_modality, encode_conditions, encode_docs, make_holes, make_windows
 from unidiff.device import resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.evaluate import EvalResult, batch_loss, evaluate
@@ -91,7 +91,7 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     if cond_name is not None and cond_name not in modalities:
         modalities[cond_name] = registry.modality(cond_name)
     cond_modality = modalities[cond_name or modality.name]
-    layout = VocabLayout({m.name: m.vocab_size for m in modalities.values()}, blank=cfg.data.blank_runs > 0)
+    layout = VocabLayout({m.name: m.vocab_size for m in modalities.values()}, blank=cfg.data.holes > 0)
     train_w = make_windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout, modality.name,
                            encode_conditions(train_docs, cond_modality, layout), cond_name)
     eval_w = make_windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout, modality.name) \
@@ -128,9 +128,9 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc)
         batch = train_w.sample(tc.batch_size, generator, cfg.data.cond_dropout)
-        if cfg.data.blank_runs:
-            batch = insert_blanks(batch, layout.blank, cfg.data.blank_runs, cfg.data.blank_max, generator)
-        sums, counts = batch_loss(model, batch.to(device), schedule, generator, amp, blank=layout.has_blank)
+        if cfg.data.holes:
+            batch = make_holes(batch, layout.blank, cfg.data.holes, cfg.data.hole_max, generator)
+        sums, counts = batch_loss(model, batch.to(device), schedule, generator, amp)
         loss = sums.sum() / counts.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -46,7 +46,7 @@ class VocabLayout:
 
     Args:
         sizes: modality name -> number of local content ids.
-        blank: add the shared BLANK id (for models trained with blank insertions, see `unidiff.data.insert_blanks`).
+        blank: add the shared BLANK id (for models trained with variable-length holes, see `unidiff.data.make_holes`).
     """
 
     def __init__(self, sizes: Mapping[str, int], blank: bool = False):

@@ -22,7 +22,6 @@ import re
 import time
 
 import torch
-import torch.nn.functional as F
 
 WORD = re.compile(r"[A-Za-z]{3,12}")
 
@@ -43,37 +42,28 @@ def cases(num: int, context: int) -> list[tuple[str, str, str]]:
 
 
 @torch.no_grad()
-def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int, samples: int, seed: int) -> float:
-    """ELBO (bits) of the word (then hole - len blanks) in a hole of ``hole`` positions given the context."""
-    from unidiff.data import Segment, encode_row
-    from unidiff.losses import sample_times
+def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int | None, samples: int, seed: int) -> float:
+    """ELBO (bits) of the word given the context: in a fixed hole of its own length (``hole`` None), or in a
+    variable-length hole of ``hole`` positions, filled canonically (the word, then blanks)."""
+    from unidiff.data import Batch, Segment, encode_row
+    from unidiff.evaluate import batch_elbo
+    from unidiff.schedules import get_schedule
 
     layout, m = pipe.layout, pipe.modalities["text"]
     row = encode_row([Segment("text", prefix), Segment("text", word), Segment("text", suffix)], layout,
                      pipe.modalities)
-    n = len(m.encode(word))
-    start = len(m.encode(prefix))
+    n, start = len(m.encode(word)), len(m.encode(prefix))
+    size = n if hole is None else hole
     ids = row.ids.tolist()
-    ids[start + n:start + n] = [layout.blank] * (hole - n)
+    ids[start + n:start + n] = [layout.blank] * (size - n)
     x0 = torch.tensor([ids] * samples)
-    targets = torch.zeros_like(x0, dtype=torch.bool)
-    targets[:, start:start + hole] = True
-    modality = torch.zeros_like(x0)
-    g = torch.Generator().manual_seed(seed)
-    t = sample_times(samples, g)
-    from unidiff.schedules import get_schedule
-
-    sch = get_schedule("linear")
-    masked = (torch.rand(x0.shape, generator=g) < sch.mask_prob(t).unsqueeze(1)) & targets
-    xt = torch.where(masked, 1, x0)
-    h = pipe.model.features(xt, modality, torch.arange(x0.shape[1]).expand_as(x0), None)
-    blank = torch.ones(int(masked.sum()), dtype=torch.bool) if hole > n else None
-    logits = pipe.model.logits(h[masked], modality[masked], blank) if blank is not None else \
-        pipe.model.logits(h[masked], modality[masked])
-    nll = torch.zeros(x0.shape)
-    nll[masked] = F.cross_entropy(logits.float(), x0[masked], reduction="none")
-    terms = sch.weight(t).unsqueeze(1) * nll
-    return float(terms.sum() / samples) / math.log(2)
+    span = torch.zeros_like(x0, dtype=torch.bool)
+    span[:, start:start + size] = True
+    L = x0.shape[1]
+    batch = Batch(x0, torch.full_like(x0, int(row.modality[0])), torch.arange(L).expand(samples, L).clone(),
+                  torch.zeros_like(span), span, None, None if hole is None else span)
+    sums, _ = batch_elbo(pipe.model, batch, get_schedule("linear"), torch.Generator().manual_seed(seed))
+    return float(sums.sum() / samples) / math.log(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         hits = sum(f == w for f, (_, w, _) in zip(fills, data))
         length_ok = sum(len(f) == len(w) for f, (_, w, _) in zip(fills, data))
         nfe = sum(gen.nfe)
-        bits = sum(span_elbo_bits(pipe, a, w, b, len(w) if kind == "fixed" else args.max_length,
+        bits = sum(span_elbo_bits(pipe, a, w, b, None if kind == "fixed" else args.max_length,
                                   args.elbo_samples, i) for i, (a, w, b) in enumerate(data))
         n_bytes = sum(len(w) for _, w, _ in data)
         rows.append(f"| {kind} | {'n' if kind == 'fixed' else f'up to {args.max_length}'} | "
