@@ -89,6 +89,17 @@ def test_infill_and_edit_commands(capsys):
     assert code == 0 and out != "To be, or not to be\n" and "NFE 5 per sample" in err
 
 
+def test_infill_reads_the_template_from_a_file(capsys, tmp_path):
+    template = tmp_path / "holes.txt"
+    template.write_text("ROMEO\nO, <mask:12> art thou Romeo?")
+    code, out, err = run_main(capsys, "infill", str(template), "--steps", "4")
+    assert code == 0 and out.startswith("ROMEO\nO, ") and out.endswith(" art thou Romeo?\n")
+    assert len(out) == len("ROMEO\nO, ") + 12 + len(" art thou Romeo?\n") and "NFE 4 per sample" in err
+    # A template without holes stays a template (and is refused as one), even if a file of that name exists.
+    code, _, err = run_main(capsys, "infill", str(tmp_path / "missing.txt"))
+    assert code == 2 and "hole" in err
+
+
 def test_schedule_option_reaches_the_sampler(capsys):  # the grid itself: test_sampling.py
     code, out, err = run_main(capsys, "generate", "--length", "64", "--steps", "8", "--schedule", "cosine",
                               "--policy", "confidence")

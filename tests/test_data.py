@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unidiff.data import Batch, Row, Segment, Windows, collate, encode_docs, encode_row
+from unidiff.data import Batch, Row, Segment, Tokens, Windows, collate, encode_docs, encode_row
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff.vocab import MASK, PAD, VocabLayout
 
@@ -252,3 +252,14 @@ def test_empty_documents_are_skipped():
 def test_empty_dataset(docs):
     with pytest.raises(UnidiffError, match="dataset is empty"):
         Windows(docs, length=4, modality_index=0)
+
+
+def test_tokens_content_skips_the_tokenizer_and_is_range_checked():
+    layout = VocabLayout({"abc": 3, "xy": 2})
+    mods = {"abc": ABC, "xy": XY}
+    as_text = encode_row([Segment("abc", "cab"), Segment("abc", role="generate", length=2)], layout, mods)
+    as_ids = encode_row([Segment("abc", Tokens([2, 0, 1])), Segment("abc", role="generate", length=2)], layout,
+                        mods)
+    assert torch.equal(as_ids.ids, as_text.ids) and torch.equal(as_ids.targets, as_text.targets)
+    with pytest.raises(ModalityInputError, match=r"segment 1 \(xy\): local ids for 'xy' must lie in \[0, 2\)"):
+        encode_row([Segment("abc", "a"), Segment("xy", Tokens([0, 2]))], layout, mods)

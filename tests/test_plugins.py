@@ -345,9 +345,9 @@ def test_disable_builtin_in_process(clean_env):
 
 
 def test_disable_lists_known_modalities(on_path, plugdirs, clean_env):
-    """With quad installed and text (and dna) disabled, the error lists the modality that is still known."""
+    """With quad installed and the built-in modalities disabled, the error lists the one that is still known."""
     on_path(plugdirs["quad"])
-    clean_env.setenv(DISABLE_ENV, "text,dna")
+    clean_env.setenv(DISABLE_ENV, "text,dna,code")
     reg = Registry()
     assert reg.names("modalities") == ["quad"]
     with pytest.raises(UnknownNameError, match=r"known modalit\w*: quad"):

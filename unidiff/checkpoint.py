@@ -83,8 +83,11 @@ def modality_record(registry: Registry, modality: Modality) -> dict:
 
 
 def write_model(folder: Path, model: Denoiser, modalities: dict[str, Modality], registry: Registry,
-                state_dict: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None) -> None:
-    """Write config.json and model.safetensors into ``folder`` (use inside `atomic_dir`)."""
+                state_dict: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None,
+                dtype: torch.dtype | None = None) -> None:
+    """Write config.json and model.safetensors into ``folder`` (use inside `atomic_dir`); ``dtype`` (e.g.
+    torch.float16, to halve a shipped file) converts the floating-point weights. Loading casts them back to the
+    model's parameters' dtype."""
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": vars(model.cfg).copy(),
@@ -94,6 +97,8 @@ def write_model(folder: Path, model: Denoiser, modalities: dict[str, Modality], 
     }
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     tensors = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS))
 
 

@@ -76,8 +76,23 @@ def cmd_generate(args) -> None:
                                                            length=args.length, condition=args.condition, **kw))
 
 
+def read_template(arg: str) -> str:
+    """The infill argument: a template, or the path of a file that holds one (an argument without holes that
+    names an existing file)."""
+    from unidiff.generate import HOLE
+
+    path = Path(arg)
+    if HOLE.search(arg) is None and "\n" not in arg and path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UnidiffError(f"cannot read the template file {path}: {e}") from None
+    return arg
+
+
 def cmd_infill(args) -> None:
-    _sample_command(args, lambda pipe, **kw: pipe.infill(args.template, modality=args.modality, num=args.num,
+    template = read_template(args.template)
+    _sample_command(args, lambda pipe, **kw: pipe.infill(template, modality=args.modality, num=args.num,
                                                          condition=args.condition, **kw))
 
 
@@ -200,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("infill", help="fill holes in a given text", description=(
         "Fill every hole of TEMPLATE given everything around it: <mask:N> with exactly N generated tokens, "
         "<blank:N> with up to N (unused positions become blanks, dropped from the output; needs a model trained "
-        "with blanks, as the shipped text model is), e.g. unidiff infill $'ROMEO\\nO, <blank:12> art thou Romeo?'"))
-    f.add_argument("template", help="content with <mask:N> and <blank:N> holes")
+        "with holes, as the shipped text model is), e.g. unidiff infill $'ROMEO\\nO, <blank:12> art thou Romeo?'"))
+    f.add_argument("template", help="content with <mask:N> and <blank:N> holes, or a file that holds it "
+                                    "(e.g. unidiff infill --model code holes.py)")
     f.add_argument("--condition", help=CONDITION_HELP)
     add_sampling_arguments(f)
     f.set_defaults(func=cmd_infill)

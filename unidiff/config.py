@@ -51,6 +51,7 @@ class TrainConfig:
     init: str = ""  # start from the weights of this model (a registered name or a folder); "" = random
     out_dir: str = "runs/default"
     progress: bool = True
+    save_dtype: str = "fp32"  # fp32 | fp16: the weights of model/ (last/ stays fp32 for exact resume)
 
 
 @dataclass
@@ -102,6 +103,9 @@ class Config:
             raise UnidiffError(f"[sample] needs temperature >= 0, 0 < steps_per_token <= 1, 0 <= remask <= 1 and "
                                f"guidance >= 0; got {sc.temperature}, {sc.steps_per_token}, {sc.remask}, "
                                f"{sc.guidance}")
+        if t.save_dtype not in SAVE_DTYPES:
+            raise UnidiffError(f"config key train.save_dtype must be one of {', '.join(SAVE_DTYPES)}; got "
+                               f"{t.save_dtype!r}")
         if d.holes and m.kind == "autoregressive":
             raise UnidiffError("data.holes needs model.kind = \"diffusion\": an autoregressive model fills no holes")
         if d.hole_max < 1:
@@ -126,6 +130,8 @@ class Config:
                 _assign(sub, section, key, value)
         return cfg
 
+
+SAVE_DTYPES = ("fp32", "fp16")
 
 # Keys that an older unidiff knew, with what replaced them.
 RENAMED = {"data.blank_runs": "use data.holes (variable-length holes are now trained as whole holes, see "

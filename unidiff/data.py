@@ -24,13 +24,19 @@ ROLES = ("given", "generate", "edit")
 EDIT_ORDERS = ("random", "confidence")
 
 
+class Tokens(list):
+    """A modality's local ids, given as a segment's content instead of what its tokenizer encodes: e.g. a BPE
+    text cut at token boundaries, which encoding the pieces separately would tokenize differently."""
+
+
 @dataclass
 class Segment:
     """One part of a sample.
 
     Args:
         modality: registry name of the modality, e.g. "text".
-        content: what the modality encodes (a str for text); for ``role="generate"`` it is ignored.
+        content: what the modality encodes (a str for text), or its local ids as `Tokens`; for
+            ``role="generate"`` it is ignored.
         role: "given" (kept fixed), "generate" (starts fully masked) or "edit" (the content, of which a fraction
             ``strength`` of the tokens is re-masked and generated again).
         length: number of tokens to generate (``role="generate"`` only).
@@ -147,10 +153,11 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
             part, tgt = [MASK] * seg.length, [True] * seg.length
         else:
             try:
-                local = modalities[seg.modality].encode(seg.content)
-            except ModalityInputError as e:
+                local = list(seg.content) if isinstance(seg.content, Tokens) else \
+                    modalities[seg.modality].encode(seg.content)
+                part = layout.to_global(seg.modality, local).tolist()
+            except (ModalityInputError, ValueError) as e:
                 raise ModalityInputError(f"segment {i} ({seg.modality}): {e}") from None
-            part = layout.to_global(seg.modality, local).tolist()
             if seg.role == "edit" and not local:
                 raise UnidiffError(f"segment {i} ({seg.modality}) is an edit of empty content: give something to edit")
             if seg.role == "edit" and seg.order == "random":

@@ -164,7 +164,8 @@ def _save(out, model, ema, opt, generator, step, modalities, registry, extra, la
     if last_eval is not None:
         figures["eval_bits_per_token"] = last_eval.bits_per_token
     with atomic_dir(out / "model") as tmp:
-        write_model(tmp, ema, modalities, registry, extra={**extra, "figures": figures})
+        write_model(tmp, ema, modalities, registry, extra={**extra, "figures": figures},
+                    dtype=torch.float16 if extra["training"]["train"]["save_dtype"] == "fp16" else None)
     with atomic_dir(out / "last") as tmp:
         write_model(tmp, model, modalities, registry, extra=extra)
         state = {"step": step, "optimizer": opt.state_dict(), "ema": ema.state_dict(),

@@ -1,0 +1,101 @@
+"""unidiff_code: source code as byte-level BPE tokens, the Python standard library corpus, and code metrics.
+
+A code segment is a str in a programming language. The language (``CodeModality(language="python")``) picks the
+tokenizer, the file suffix, the tag token that starts every training unit and the syntax check; a new language
+is a `Language` entry and a tokenizer trained with its tag (``python -m unidiff_code.tokenizer``). The BPE is
+byte-level, so every string round-trips exactly, whitespace and indentation included.
+
+The ``python`` dataset (`unidiff_code.corpus`) holds the functions and classes of the standard library, split by
+module; the shipped ``code`` model was trained on it. `unidiff_code.metrics` judges any set of snippets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from unidiff.errors import ModalityInputError, UnknownNameError
+from unidiff.hookspecs import hookimpl
+from unidiff_code.tokenizer import decode, encode, load
+
+__version__ = "0.1.0"
+MODEL_DIR = Path(__file__).parent / "model"
+
+
+@dataclass(frozen=True)
+class Language:
+    tag: str  # the special token that opens every training unit, e.g. "<|python|>"
+    suffix: str  # output file suffix
+    tokenizer: str  # default tokenizer asset (tokenizers/NAME.json)
+
+
+LANGUAGES = {"python": Language(tag="<|python|>", suffix=".py", tokenizer="python-bpe-8k")}
+
+
+class CodeModality:
+    """Source code as byte-level BPE tokens.
+
+    Args:
+        language: a key of `LANGUAGES`.
+        tokenizer: a tokenizer asset name or .json path (default: the language's).
+    """
+
+    name = "code"
+    default_length = 128
+
+    def __init__(self, language: str = "python", tokenizer: str | None = None):
+        if language not in LANGUAGES:
+            raise UnknownNameError("language", language, sorted(LANGUAGES),
+                                   "Add a Language entry to unidiff_code.LANGUAGES and train its tokenizer")
+        self.language = language
+        spec = LANGUAGES[language]
+        self.tokenizer_name = tokenizer or spec.tokenizer
+        self.tokenizer = load(self.tokenizer_name)
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        self.file_suffix = spec.suffix
+        self.tag = spec.tag
+        self.tag_id = self.tokenizer.token_to_id(spec.tag)
+        if self.tag_id is None:
+            raise ModalityInputError(f"tokenizer {self.tokenizer_name!r} has no tag token {spec.tag!r} for "
+                                     f"{language}: train it with that tag (python -m unidiff_code.tokenizer)")
+
+    def encode(self, content: str) -> list[int]:
+        if not isinstance(content, str):
+            raise ModalityInputError(f"code content must be a str, got {type(content).__name__}")
+        # The tag is a token only where it opens the content (as in the training units); anywhere else, and
+        # every other special-looking string, is plain text (the tokenizer encodes special tokens as text).
+        head = [self.tag_id] if content.startswith(self.tag) else []
+        body = content[len(self.tag):] if head else content
+        return head + encode(self.tokenizer, body)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # Byte-level pieces of a multi-byte character that generation split come back as U+FFFD, not an error.
+        return decode(self.tokenizer, [int(i) for i in ids])
+
+    def write(self, contents: Sequence[str], path: Path) -> None:
+        """One file; samples after the first are separated by a comment line naming them."""
+        parts = [c if c.endswith("\n") else c + "\n" for c in contents]
+        text = "".join(p if i == 0 else f"\n# ---- sample {i} ----\n{p}" for i, p in enumerate(parts))
+        Path(path).write_text(text, encoding="utf-8")
+
+    def options(self) -> dict:
+        return {"language": self.language, "tokenizer": self.tokenizer_name}
+
+
+@hookimpl
+def register_modalities(register):
+    register("code", CodeModality)
+
+
+@hookimpl
+def register_datasets(register):
+    from unidiff_code.corpus import python
+
+    register("python", python, modality="code")
+
+
+@hookimpl
+def register_models(register):
+    if MODEL_DIR.is_dir():
+        register("code", MODEL_DIR)
