@@ -83,8 +83,10 @@ def propose(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.
             filter_logits(logits / temperature, top_k, top_p).softmax(-1)
         cdf = draw.cumsum(-1)
         # First id whose cumulative mass exceeds u * total: ids of zero mass can never be drawn.
-        tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-        tokens = torch.minimum(tokens, draw.gt(0).cumsum(-1).argmax(-1))  # guard u * total rounding up to total
+        total = cdf[:, -1:].contiguous()
+        tokens = torch.searchsorted(cdf, uniform.unsqueeze(1) * total, right=True).squeeze(1)
+        # Guard u * total rounding up to total: never past the last id of positive mass, the first to reach it.
+        tokens = torch.minimum(tokens, torch.searchsorted(cdf, total).squeeze(1))
     return tokens, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
