@@ -359,20 +359,30 @@ def test_greedy_without_prompt_and_with_a_random_model(registry):
     out = p.complete(length=16, temperature=0)
     ids = greedy_by_hand(model, [], 16)
     assert out.texts == [dna.decode(layout.to_local("dna", torch.tensor(ids)).tolist())]
-    assert out.nfe == [16]
+    assert out.nfe == [15]  # the first token, from nothing, needs no pass
     assert len(set(out.texts[0])) > 1  # not a degenerate constant sequence
 
 
+SEGS = [[Segment("dna", "AACG"), Segment("dna", role="generate", length=5)],
+        [Segment("dna", role="generate", length=9)],
+        [Segment("dna", "AAC"), Segment("dna", role="generate", length=2), Segment("dna", "TTT"),
+         Segment("dna", role="generate", length=3)]]
+
+
 def test_one_forward_pass_per_generated_token(pipe):
-    segs = [[Segment("dna", "AACG"), Segment("dna", role="generate", length=5)],
-            [Segment("dna", role="generate", length=9)],
-            [Segment("dna", "AAC"), Segment("dna", role="generate", length=2), Segment("dna", "TTT"),
-             Segment("dna", role="generate", length=3)]]
+    """Alone, a row takes one pass per generated token (the key/value cache reads a prompt, or a given stretch
+    between holes, in the pass that draws the token after it), less one when nothing comes before its first
+    token (the model's state there is zeros: no pass). In a batch a row rides along while the others draw: row 1
+    draws at positions 0..8, so row 0 (drawing at 4..8) has taken 8 passes by its last token."""
+    segs = SEGS
+    alone = [pipe.generate([s], temperature=1.0, seed=3 + i) for i, s in enumerate(segs)]
+    assert [a.nfe[0] for a in alone] == [5, 8, 5] and [a.generated[0] for a in alone] == [5, 9, 5]
     out = pipe.generate(segs, temperature=1.0, seed=3)
-    assert out.nfe == [5, 9, 5] and out.generated == [5, 9, 5]
+    assert out.nfe == [8, 8, 10] and out.generated == [5, 9, 5]
+    assert out.samples == [a.samples[0] for a in alone]  # row b draws with seed 3 + b, in a batch or alone
     # steps, block length and remasking are the diffusion sampler's; an AR model ignores them
     again = pipe.generate(segs, temperature=1.0, seed=3, steps=2, block_length=4, remask=0.5)
-    assert again.nfe == [5, 9, 5] and again.samples == out.samples
+    assert again.nfe == [8, 8, 10] and again.samples == out.samples
     # rows are decoded left to right: the given middle stays, each row has its generated length
     texts = [run[0][1] for run in out.samples]
     assert [len(t) for t in texts] == [9, 9, 11]
@@ -385,3 +395,37 @@ def test_temperature_sampling_is_reproducible_and_seeded(pipe):
     assert a.texts == b.texts and a.nfe == [20, 20, 20]
     alone = pipe.complete("AAC", length=20, temperature=1.0, seed=2)
     assert alone.texts == [a.texts[2]]  # sample i uses seed + i, in a batch or alone
+
+
+# --- the key/value cache ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_cached_decoding_gives_the_uncached_states():
+    """decode_step fed a row in chunks (a prompt, single tokens, a stretch) gives, at each position j, the state
+    that `features` puts at j + 1 (the one that predicts token j + 1)."""
+    model = tiny("autoregressive")
+    ids, mod = random_row(14, torch.Generator().manual_seed(3))
+    pos = torch.arange(14).unsqueeze(0)
+    full = model.features(ids, mod)
+    cache, states = [], []
+    for a, b in ((0, 5), (5, 6), (6, 7), (7, 11), (11, 14)):
+        states.append(model.decode_step(ids[:, a:b], mod[:, a:b], pos[:, a:b], cache))
+    cached = torch.cat(states, dim=1)
+    assert cache[0]["k"].shape == (1, 2, 14, 16) and len(cache) == 2
+    assert torch.allclose(cached[:, :-1], full[:, 1:], atol=1e-5)
+    with pytest.raises(UnidiffError, match="needs an autoregressive model"):
+        tiny("diffusion").decode_step(ids[:, :3], mod[:, :3], pos[:, :3], [])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_sampling_draws_what_the_uncached_loop_draws(pipe, temperature):
+    from unidiff.data import collate
+    from unidiff.policies import Confidence
+    from unidiff.sampling import sample, sample_causal
+
+    batch = collate(pipe.encode(SEGS, 0))
+    slow = sample(pipe.model, batch, Confidence(), seeds=7, temperature=temperature, block_length=1)
+    fast = sample_causal(pipe.model, batch, seeds=7, temperature=temperature)
+    assert torch.equal(fast.ids, slow.ids) and not (fast.ids == MASK).any()
+    assert slow.nfe.tolist() == [5, 9, 5] and fast.nfe.tolist() == [8, 8, 10]

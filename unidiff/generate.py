@@ -26,7 +26,7 @@ from unidiff.data import Row, Segment, collate, encode_row
 from unidiff.device import autocast, resolve_device, resolve_precision
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
-from unidiff.sampling import GroupSpec, sample
+from unidiff.sampling import GroupSpec, sample, sample_causal
 from unidiff.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
 
@@ -193,9 +193,14 @@ class Pipeline:
         if steps is None and rec.get("steps_per_token") and self.model.cfg.kind == "diffusion":
             steps = [max(1, math.ceil(n * rec["steps_per_token"])) for n in n_default]
         model = Mirrored(self.model, mirror_perms(self.modalities)) if symmetric else self.model
-        out = sample(model, collate(rows, groups if specs else None), pol, steps=steps, seeds=seed,
-                     temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule, amp_dtype=self.amp_dtype,
-                     block_length=block_length, remask=remask, guidance=guidance, groups=specs)
+        if self.model.cfg.kind == "autoregressive" and guidance == 1.0 and not specs and not symmetric:
+            out = sample_causal(model, collate(rows), seeds=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                                amp_dtype=self.amp_dtype)  # the key/value cache: one position per pass
+        else:
+            out = sample(model, collate(rows, groups if specs else None), pol, steps=steps, seeds=seed,
+                         temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
+                         amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
+                         groups=specs)
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
         nfe = (out.nfe * (2 if symmetric else 1) + extra_nfe).tolist()

@@ -60,10 +60,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask):
+    def forward(self, x, cos, sin, attn_mask, cache: dict | None = None):
+        """``cache`` (causal decoding): a dict that keeps this layer's keys and values; the new positions attend
+        to everything cached before them, then are appended to it."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, L, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
@@ -79,8 +85,8 @@ class Block(nn.Module):
                                  nn.Linear(hidden, cfg.d_model, bias=False))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, attn_mask):
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask))
+    def forward(self, x, cos, sin, attn_mask, cache: dict | None = None):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, cache))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -150,6 +156,26 @@ class Denoiser(nn.Module):
         if causal:  # position j holds the state that predicts token j: the one computed at j - 1
             x = torch.cat([x.new_zeros(B, 1, x.shape[-1]), x[:, :-1]], dim=1)
         return x
+
+    def decode_step(self, ids: torch.Tensor, modality: torch.Tensor, positions: torch.Tensor,
+                    cache: list[dict]) -> torch.Tensor:
+        """Causal decoding with a key/value cache (autoregressive kind only): feed the next (B, n) tokens of rows
+        whose earlier tokens are in ``cache`` (one dict per layer, empty at first) and get (B, n, d) states, the
+        one at position j predicting token j + 1. The rows advance in lockstep and must hold no padding among
+        the cached positions; the states equal `features`' (shifted by one) up to float rounding."""
+        if self.cfg.kind != "autoregressive":
+            raise UnidiffError("decode_step needs an autoregressive model (model.kind = \"autoregressive\")")
+        B, n = ids.shape
+        cos, sin = rope_tables(positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
+        past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        # New positions see every cached one and the new ones up to themselves.
+        attn_mask = None if n == 1 else torch.ones(n, past + n, dtype=torch.bool, device=ids.device).tril(past)
+        x = self.tok_emb(ids) + self.mod_emb(modality)
+        while len(cache) < len(self.blocks):
+            cache.append({})
+        for block, layer_cache in zip(self.blocks, cache):
+            x = block(x, cos, sin, attn_mask, layer_cache)
+        return self.norm(x)
 
     def logits(self, h: torch.Tensor, modality: torch.Tensor, blank: torch.Tensor | bool | None = None) -> torch.Tensor:
         """(..., d) hidden states and (...,) modality indices -> (..., V) logits, -inf outside each range.

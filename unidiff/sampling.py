@@ -365,3 +365,58 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
     if device.type == "cuda":
         torch.cuda.synchronize()
     return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | torch.Tensor = 0,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  amp_dtype: torch.dtype | None = None) -> SampleOutput:
+    """Autoregressive generation with a key/value cache (a model of the autoregressive kind).
+
+    Left to right, each target position is drawn given everything before it; given tokens (a prompt, or text
+    after a hole, which a causal model cannot use for what comes before it) are fed as they stand. One forward
+    pass reads the prompt shared by the batch, then each pass feeds every row the position just drawn (and the
+    given positions up to the next one any row draws: `Denoiser.decode_step`). The draws use the same uniforms
+    as `sample` with one-token blocks, so the tokens are those of the uncached loop up to float rounding, at a
+    fraction of its cost: a pass reads the new positions only, not the whole row. A row's NFE is the passes it took part in until its last target: one per generated token alone,
+    more in a batch whose rows draw at different positions (it rides along while others draw).
+    """
+    if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
+        raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
+                           f"top_p={top_p}, top_k={top_k}")
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    B, L = batch.ids.shape
+    targets = batch.targets & ~batch.pad_mask
+    n_targets = targets.sum(1)
+    if isinstance(seeds, int):
+        seeds = seeds + torch.arange(B)
+    seeds = torch.as_tensor(seeds, dtype=torch.long, device=device).reshape(B)
+    x = torch.where(targets, MASK, batch.ids)
+    nfe = torch.zeros(B, dtype=torch.long, device=device)
+    if not targets.any():
+        return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=0.0)
+    where = targets.any(0).nonzero().squeeze(1).tolist()  # positions where some row draws a token
+    rank = targets.long().cumsum(1) - 1  # a target's index in its row: the step `sample` would draw it at
+    cache: list[dict] = []
+    start = time.perf_counter()
+    passes = 0
+    with autocast(device, amp_dtype):
+        first = where[0]  # everything before it is given in every row: one pass reads it
+        if first > 0:
+            h = model.decode_step(x[:, :first], batch.modality[:, :first], batch.positions[:, :first], cache)[:, -1]
+            passes = 1
+        else:  # nothing before the first position: the state the uncached model gives it, zeros
+            h = torch.zeros(B, model.cfg.d_model, device=device)
+        for p, q in zip(where, where[1:] + [None]):
+            rows = targets[:, p].nonzero().squeeze(1)
+            logits = model.logits(h[rows], batch.modality[rows, p]).float()
+            u = hashed_uniform(seeds[rows], rank[rows, p], STREAM_TOKEN, torch.full_like(rows, p))
+            x[rows, p] = propose(logits, u, temperature, top_k, top_p)[0]
+            nfe[rows] = passes
+            if q is not None:  # feed p .. q-1 (given tokens where no row draws) in one pass
+                h = model.decode_step(x[:, p:q], batch.modality[:, p:q], batch.positions[:, p:q], cache)[:, -1]
+                passes += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=time.perf_counter() - start)
