@@ -42,8 +42,8 @@ def test_code_modality_is_registered_through_its_entry_point():
     registry = Registry()
     code = registry.modality("code")
     assert isinstance(code, CodeModality) and code.file_suffix == ".py"
-    assert registry.modality("code", **code.options()).options() == {"language": "python",
-                                                                      "tokenizer": "python-bpe-8k"}
+    assert registry.modality("code", **code.options()).options() == {
+        "language": "python", "tokenizer": "python-bpe-8k", "tag": "<|python|>", "suffix": ".py"}
     assert registry.plugin_of("modalities", "code").name == "code"
     builder, meta = registry.dataset("python")
     assert meta["modality"] == "code"
@@ -55,6 +55,20 @@ def test_bad_code_input_names_the_problem():
     with pytest.raises(UnknownNameError, match="rust") as e:
         CodeModality(language="rust")
     assert "python" in str(e.value) and "LANGUAGES" in str(e.value)
+    with pytest.raises(ModalityInputError, match=r"has no tag token '<\|rust\|>' for rust"):
+        CodeModality(language="rust", tokenizer="python-bpe-8k", tag="<|rust|>", suffix=".rs")
+
+
+def test_a_language_can_be_added_by_options(tmp_path):
+    """A tokenizer trained with another tag, and the options that name it: no code change."""
+    from unidiff_code.tokenizer import save, train_bpe
+
+    tok = train_bpe(["fn main() { println!(\"hi\"); }\n" * 20], merges=20, tags=("<|rust|>",))
+    save(tok, tmp_path / "rust-bpe.json")
+    rust = CodeModality(language="rust", tokenizer=str(tmp_path / "rust-bpe.json"), tag="<|rust|>", suffix=".rs")
+    assert rust.file_suffix == ".rs" and rust.tag_id == 0 and 257 < rust.vocab_size <= 1 + 256 + 20
+    assert rust.encode("<|rust|>fn main() {}")[0] == 0 and rust.decode(rust.encode("fn x")) == "fn x"
+    assert CodeModality(**rust.options()).options() == rust.options()
 
 
 def test_write_puts_samples_in_one_py_file(code, tmp_path):

@@ -1,9 +1,10 @@
 """unidiff_code: source code as byte-level BPE tokens, the Python standard library corpus, and code metrics.
 
 A code segment is a str in a programming language. The language (``CodeModality(language="python")``) picks the
-tokenizer, the file suffix, the tag token that starts every training unit and the syntax check; a new language
-is a `Language` entry and a tokenizer trained with its tag (``python -m unidiff_code.tokenizer``). The BPE is
-byte-level, so every string round-trips exactly, whitespace and indentation included.
+tokenizer, the file suffix and the tag token that opens every training unit; a new language is a tokenizer
+trained with its tag (``python -m unidiff_code.tokenizer``) plus either a `Language` entry or the modality
+options ``language``, ``tokenizer``, ``tag`` and ``suffix``. The BPE is byte-level, so every string round-trips
+exactly, whitespace and indentation included.
 
 The ``python`` dataset (`unidiff_code.corpus`) holds the functions and classes of the standard library, split by
 module; the shipped ``code`` model was trained on it. `unidiff_code.metrics` judges any set of snippets.
@@ -37,27 +38,31 @@ class CodeModality:
     """Source code as byte-level BPE tokens.
 
     Args:
-        language: a key of `LANGUAGES`.
-        tokenizer: a tokenizer asset name or .json path (default: the language's).
+        language: a key of `LANGUAGES`, or a new language when ``tag`` and ``suffix`` are given too.
+        tokenizer: a tokenizer asset name or .json path (default: the language's); it must hold the tag.
+        tag, suffix: the language's tag token and file suffix (default: its `LANGUAGES` entry). A checkpoint
+            stores all four, so a language added by these options is rebuilt as it was trained.
     """
 
     name = "code"
     default_length = 128
 
-    def __init__(self, language: str = "python", tokenizer: str | None = None):
-        if language not in LANGUAGES:
+    def __init__(self, language: str = "python", tokenizer: str | None = None, tag: str | None = None,
+                 suffix: str | None = None):
+        known = LANGUAGES.get(language)
+        if known is None and (tokenizer is None or tag is None or suffix is None):
             raise UnknownNameError("language", language, sorted(LANGUAGES),
-                                   "Add a Language entry to unidiff_code.LANGUAGES and train its tokenizer")
+                                   "Give its tokenizer, tag and suffix as modality options, or add a Language "
+                                   "entry to unidiff_code.LANGUAGES")
         self.language = language
-        spec = LANGUAGES[language]
-        self.tokenizer_name = tokenizer or spec.tokenizer
+        self.tokenizer_name = tokenizer or known.tokenizer
+        self.tag = tag or known.tag
+        self.file_suffix = suffix or known.suffix
         self.tokenizer = load(self.tokenizer_name)
         self.vocab_size = self.tokenizer.get_vocab_size()
-        self.file_suffix = spec.suffix
-        self.tag = spec.tag
-        self.tag_id = self.tokenizer.token_to_id(spec.tag)
+        self.tag_id = self.tokenizer.token_to_id(self.tag)
         if self.tag_id is None:
-            raise ModalityInputError(f"tokenizer {self.tokenizer_name!r} has no tag token {spec.tag!r} for "
+            raise ModalityInputError(f"tokenizer {self.tokenizer_name!r} has no tag token {self.tag!r} for "
                                      f"{language}: train it with that tag (python -m unidiff_code.tokenizer)")
 
     def encode(self, content: str) -> list[int]:
@@ -80,7 +85,8 @@ class CodeModality:
         Path(path).write_text(text, encoding="utf-8")
 
     def options(self) -> dict:
-        return {"language": self.language, "tokenizer": self.tokenizer_name}
+        return {"language": self.language, "tokenizer": self.tokenizer_name, "tag": self.tag,
+                "suffix": self.file_suffix}
 
 
 @hookimpl
