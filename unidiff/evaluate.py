@@ -36,12 +36,9 @@ def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: tor
     xt, masked = corrupt(batch.ids, t, schedule, batch.targets, generator)
     hole = batch.blank_ok
     with autocast(device, amp_dtype):
-        if hole is None:
-            h = model.features(xt, batch.modality, batch.positions, batch.pad_mask)  # (B, L, d)
-            logits = model.logits(h[masked], batch.modality[masked])  # (N, V)
-        else:
-            h = model.features(xt, batch.modality, batch.positions, batch.pad_mask, hole=hole)
-            logits = model.logits(h[masked], batch.modality[masked], blank=hole[masked])
+        marks = {} if hole is None else {"hole": hole}  # models without holes need not take the argument
+        h = model.features(xt, batch.modality, batch.positions, batch.pad_mask, **marks)  # (B, L, d)
+        logits = model.logits(h[masked], batch.modality[masked], **({} if hole is None else {"blank": hole[masked]}))
     nll = torch.zeros(batch.ids.shape, device=device)
     nll[masked] = F.cross_entropy(logits.float(), batch.ids[masked], reduction="none")
     terms = elbo_terms(nll, masked, t, schedule)
