@@ -132,7 +132,7 @@ def hole_model(tmp_path_factory):
     registry = Registry()
     docs = [cyclic(i, 64) for i in range(16)]
     cfg = Config(ModelConfig(d_model=64, n_layers=2, n_heads=4, max_len=32),
-                 DataConfig(seq_len=32, holes=5, hole_max=3),
+                 DataConfig(seq_len=32, holes=10, hole_max=3),  # many holes per row: the length signal
                  TrainConfig(steps=800, batch_size=32, lr=3e-3, warmup=20, eval_every=800, eval_windows=4,
                              save_every=800, seed=0, precision="fp32", device="cpu", progress=False,
                              out_dir=str(tmp_path_factory.mktemp("holes") / "run")))
