@@ -95,7 +95,8 @@ def test_autoregressive_features_ignore_right_padding():
     ids2 = ids.clone()
     ids2[0, 7:] = PAD
     assert torch.equal(model.features(ids2, mod, pad_mask=pad)[0, :8], h[0, :8])
-    assert torch.equal(model.features(ids[:, :7], mod[:, :7])[0], h[0, :7])  # = the unpadded row
+    # = the unpadded row, up to float rounding (a shorter row may take another kernel path on some CPUs)
+    assert torch.allclose(model.features(ids[:, :7], mod[:, :7])[0], h[0, :7], atol=1e-6)
 
 
 @torch.no_grad()
@@ -372,21 +373,34 @@ SEGS = [[Segment("dna", "AACG"), Segment("dna", role="generate", length=5)],
 def test_one_forward_pass_per_generated_token(pipe):
     """Alone, a row takes one pass per generated token (the key/value cache reads a prompt, or a given stretch
     between holes, in the pass that draws the token after it), less one when nothing comes before its first
-    token (the model's state there is zeros: no pass). In a batch a row rides along while the others draw: row 1
-    draws at positions 0..8, so row 0 (drawing at 4..8) has taken 8 passes by its last token."""
+    token (the model's state there is zeros: no pass). In a batch the rows are left-padded so that their first
+    tokens line up (row 1 shifts right by 4, row 2 by 1), and a row rides along while the others draw: row 1 joins
+    the pass that reads row 0's prompt (9 passes), and row 2, drawing at columns 4, 5 and 9..11, has taken 8
+    passes by its last token (alone it reads its middle "TTT" in one)."""
     segs = SEGS
     alone = [pipe.generate([s], temperature=1.0, seed=3 + i) for i, s in enumerate(segs)]
     assert [a.nfe[0] for a in alone] == [5, 8, 5] and [a.generated[0] for a in alone] == [5, 9, 5]
     out = pipe.generate(segs, temperature=1.0, seed=3)
-    assert out.nfe == [8, 8, 10] and out.generated == [5, 9, 5]
+    assert out.nfe == [5, 9, 8] and out.generated == [5, 9, 5]
     assert out.samples == [a.samples[0] for a in alone]  # row b draws with seed 3 + b, in a batch or alone
     # steps, block length and remasking are the diffusion sampler's; an AR model ignores them
     again = pipe.generate(segs, temperature=1.0, seed=3, steps=2, block_length=4, remask=0.5)
-    assert again.nfe == [8, 8, 10] and again.samples == out.samples
+    assert again.nfe == [5, 9, 8] and again.samples == out.samples
     # rows are decoded left to right: the given middle stays, each row has its generated length
     texts = [run[0][1] for run in out.samples]
     assert [len(t) for t in texts] == [9, 9, 11]
     assert texts[0].startswith("AACG") and texts[2][:3] == "AAC" and texts[2][5:8] == "TTT"
+
+
+def test_prompts_of_different_lengths_are_continued_in_lockstep(pipe):
+    """Continuations of prompts of different lengths take one pass per generated token in one batch, as alone
+    (the rows are left-padded, and no row attends to the padding), and draw the tokens they draw alone."""
+    prompts = ["A", "AACGTTAC", "ACG"]
+    segs = [[Segment("dna", p), Segment("dna", role="generate", length=6)] for p in prompts]
+    out = pipe.generate(segs, temperature=1.0, seed=5)
+    assert out.nfe == [6, 6, 6] and out.generated == [6, 6, 6]
+    alone = [pipe.generate([s], temperature=1.0, seed=5 + i) for i, s in enumerate(segs)]
+    assert out.samples == [a.samples[0] for a in alone]
 
 
 def test_temperature_sampling_is_reproducible_and_seeded(pipe):
@@ -428,4 +442,4 @@ def test_cached_sampling_draws_what_the_uncached_loop_draws(pipe, temperature):
     slow = sample(pipe.model, batch, Confidence(), seeds=7, temperature=temperature, block_length=1)
     fast = sample_causal(pipe.model, batch, seeds=7, temperature=temperature)
     assert torch.equal(fast.ids, slow.ids) and not (fast.ids == MASK).any()
-    assert slow.nfe.tolist() == [5, 9, 5] and fast.nfe.tolist() == [8, 8, 10]
+    assert slow.nfe.tolist() == [5, 9, 5] and fast.nfe.tolist() == [5, 9, 8]

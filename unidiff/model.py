@@ -158,11 +158,13 @@ class Denoiser(nn.Module):
         return x
 
     def decode_step(self, ids: torch.Tensor, modality: torch.Tensor, positions: torch.Tensor,
-                    cache: list[dict]) -> torch.Tensor:
+                    cache: list[dict], key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Causal decoding with a key/value cache (autoregressive kind only): feed the next (B, n) tokens of rows
         whose earlier tokens are in ``cache`` (one dict per layer, empty at first) and get (B, n, d) states, the
-        one at position j predicting token j + 1. The rows advance in lockstep and must hold no padding among
-        the cached positions; the states equal `features`' (shifted by one) up to float rounding."""
+        one at position j predicting token j + 1. The rows advance in lockstep; ``key_valid`` ((B, cached + n)
+        bool, all true by default) marks padding that no position may attend to, so rows of different lengths
+        can be left-padded to line up. The states of real positions equal `features`' (shifted by one) up to
+        float rounding; a padding position attends to itself only, and its state means nothing."""
         if self.cfg.kind != "autoregressive":
             raise UnidiffError("decode_step needs an autoregressive model (model.kind = \"autoregressive\")")
         B, n = ids.shape
@@ -170,6 +172,11 @@ class Denoiser(nn.Module):
         past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
         # New positions see every cached one and the new ones up to themselves.
         attn_mask = None if n == 1 else torch.ones(n, past + n, dtype=torch.bool, device=ids.device).tril(past)
+        if key_valid is not None and not bool(key_valid.all()):
+            own = torch.zeros(n, past + n, dtype=torch.bool, device=ids.device)
+            own[:, past:] = torch.eye(n, dtype=torch.bool, device=ids.device)
+            keys = key_valid[:, None, None, :] | own  # (B, 1, n, past + n)
+            attn_mask = keys if attn_mask is None else keys & attn_mask
         x = self.tok_emb(ids) + self.mod_emb(modality)
         while len(cache) < len(self.blocks):
             cache.append({})

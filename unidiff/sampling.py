@@ -378,8 +378,10 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
     pass reads the prompt shared by the batch, then each pass feeds every row the position just drawn (and the
     given positions up to the next one any row draws: `Denoiser.decode_step`). The draws use the same uniforms
     as `sample` with one-token blocks, so the tokens are those of the uncached loop up to float rounding, at a
-    fraction of its cost: a pass reads the new positions only, not the whole row. A row's NFE is the passes it took part in until its last target: one per generated token alone,
-    more in a batch whose rows draw at different positions (it rides along while others draw).
+    fraction of its cost: a pass reads the new positions only, not the whole row. Rows are left-padded so that
+    their first targets line up: continuations of prompts of any lengths are drawn in lockstep. A row's NFE is
+    the passes it took part in until its last target: one per generated token alone or beside rows like it,
+    more beside rows whose later targets fall elsewhere (it rides along while others draw).
     """
     if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
         raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
@@ -396,27 +398,49 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
     nfe = torch.zeros(B, dtype=torch.long, device=device)
     if not targets.any():
         return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=0.0)
-    where = targets.any(0).nonzero().squeeze(1).tolist()  # positions where some row draws a token
+    # Left-pad each row so that every row's first target falls at the same column: rows then draw in lockstep
+    # (alone, a generated continuation takes one pass per token whatever its prompt's length).
+    first_target = torch.where(targets.any(1), targets.long().argmax(1), 0)
+    shift = first_target.max() - first_target
+    width = L + int(shift.max())
+    cols = torch.arange(L, device=device) + shift[:, None]  # (B, L) column of each position
     rank = targets.long().cumsum(1) - 1  # a target's index in its row: the step `sample` would draw it at
+    rows_ = torch.arange(B, device=device)[:, None]
+
+    def spread(t: torch.Tensor, fill) -> torch.Tensor:
+        out = t.new_full((B, width), fill)
+        out[rows_, cols] = t
+        return out
+
+    xs, mod, pos = spread(x, MASK), spread(batch.modality, 0), spread(batch.positions, 0)
+    tgt, rk, src = spread(targets, False), spread(rank, 0), spread(torch.arange(L, device=device).expand(B, L), 0)
+    valid = spread(torch.ones_like(targets), False)
+    key_valid = None if bool(valid.all()) else valid
+    nothing_before = first_target == 0  # these rows' first token is drawn from the empty state (zeros)
+    where = tgt.any(0).nonzero().squeeze(1).tolist()  # columns where some row draws a token
     cache: list[dict] = []
     start = time.perf_counter()
     passes = 0
     with autocast(device, amp_dtype):
-        first = where[0]  # everything before it is given in every row: one pass reads it
+        first = where[0]  # everything before it is given (or padding) in every row: one pass reads it
         if first > 0:
-            h = model.decode_step(x[:, :first], batch.modality[:, :first], batch.positions[:, :first], cache)[:, -1]
+            h = model.decode_step(xs[:, :first], mod[:, :first], pos[:, :first], cache,
+                                  None if key_valid is None else key_valid[:, :first])[:, -1]
+            h = h.masked_fill(nothing_before[:, None], 0.0)
             passes = 1
         else:  # nothing before the first position: the state the uncached model gives it, zeros
             h = torch.zeros(B, model.cfg.d_model, device=device)
         for p, q in zip(where, where[1:] + [None]):
-            rows = targets[:, p].nonzero().squeeze(1)
-            logits = model.logits(h[rows], batch.modality[rows, p]).float()
-            u = hashed_uniform(seeds[rows], rank[rows, p], STREAM_TOKEN, torch.full_like(rows, p))
-            x[rows, p] = propose(logits, u, temperature, top_k, top_p)[0]
+            rows = tgt[:, p].nonzero().squeeze(1)
+            logits = model.logits(h[rows], mod[rows, p]).float()
+            u = hashed_uniform(seeds[rows], rk[rows, p], STREAM_TOKEN, src[rows, p])
+            xs[rows, p] = propose(logits, u, temperature, top_k, top_p)[0]
             nfe[rows] = passes
             if q is not None:  # feed p .. q-1 (given tokens where no row draws) in one pass
-                h = model.decode_step(x[:, p:q], batch.modality[:, p:q], batch.positions[:, p:q], cache)[:, -1]
+                h = model.decode_step(xs[:, p:q], mod[:, p:q], pos[:, p:q], cache,
+                                      None if key_valid is None else key_valid[:, :q])[:, -1]
                 passes += 1
+    x = xs.gather(1, cols)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=time.perf_counter() - start)
