@@ -19,8 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_MODEL_BYTES = 25 * 1024 * 1024
 
 
+# Built-in plugins being built that register nothing yet, so have no entry point (issue 6: the image plugin's data
+# landed first; it is declared when its modality is).
+IN_PROGRESS = {"unidiff_image"}
+
+
 def test_entry_points_list_every_builtin_plugin():
-    builtin = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").is_file())
+    builtin = sorted(p.name for p in (ROOT / "plugins").iterdir()
+                     if (p / "__init__.py").is_file() and p.name not in IN_PROGRESS)
     assert builtin, "no built-in plugins found"
     declared = {ep.value for ep in md.distribution("unidiff").entry_points if ep.group == GROUP}
     assert sorted(declared) == builtin
