@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("infill", help="fill holes in a given text", description=(
         "Fill every hole of TEMPLATE given everything around it: <mask:N> with exactly N generated tokens, "
         "<blank:N> with up to N (unused positions become blanks, dropped from the output; needs a model trained "
-        "with holes, as the shipped text model is), e.g. unidiff infill $'ROMEO\\nO, <blank:12> art thou Romeo?'"))
+        "with holes, as the shipped text and code models are), "
+        "e.g. unidiff infill $'ROMEO\\nO, <blank:12> art thou Romeo?'"))
     f.add_argument("template", help="content with <mask:N> and <blank:N> holes, or a file that holds it "
                                     "(e.g. unidiff infill --model code holes.py)")
     f.add_argument("--condition", help=CONDITION_HELP)
