@@ -143,7 +143,8 @@ def run(pipe: Pipeline, segments: list[list[Segment]], before: list[str], after:
     and ``after`` texts, total NFE, generated tokens, seconds)."""
     fills, nfe, tokens, seconds = [], 0, 0, 0.0
     for i in range(0, len(segments), batch):
-        gen = pipe.generate(segments[i:i + batch], **kw)
+        part = {k: v[i:i + batch] if isinstance(v, list) else v for k, v in kw.items()}  # per-sample settings
+        gen = pipe.generate(segments[i:i + batch], **part)
         for text, b, a in zip(gen.texts, before[i:i + batch], after[i:i + batch]):
             fills.append(text[len(b):len(text) - len(a)])
         nfe += int(sum(gen.nfe))
@@ -285,21 +286,27 @@ def main(argv: list[str] | None = None) -> None:
     ar = Pipeline.load(args.ar) if args.ar else None
     pool = held_out(pipe.modalities["code"], max_tokens=256 - GEN_LENGTH)
     parts = []
+
+    def save() -> None:  # after every section, so a late failure keeps what was measured
+        if args.out:
+            command = f"python -m unidiff_code.measure{' --ar ' + args.ar if args.ar else ''}"
+            with open(args.out, "w") as fh:
+                fh.write("# Code model measurements\n\n" + stamp(f"Model `{args.model}`.", command, t0) + "\n\n"
+                         + "\n\n".join(parts) + "\n")
+
     if "likelihood" in args.sections:
         models = [(f"unidiff diffusion ({pipe.model.num_params() / 1e6:.2f} M parameters)", args.model)]
         if args.ar:
             models.append((f"autoregressive ({ar.model.num_params() / 1e6:.2f} M parameters)", args.ar))
         parts.append(likelihood(args, registry, models))
+        save()
     if "generation" in args.sections:
         parts.append(generation(args, pipe, ar, pool))
+        save()
     if "infilling" in args.sections:
         parts.append(infilling(args, pipe, ar, held_out(pipe.modalities["code"], max_tokens=256)))
-    command = f"python -m unidiff_code.measure{' --ar ' + args.ar if args.ar else ''}"
-    text = stamp(f"Model `{args.model}`.", command, t0) + "\n\n" + "\n\n".join(parts) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(f"# Code model measurements\n\n{text}")
+        save()
+    print("\n\n".join(parts))
 
 
 if __name__ == "__main__":
