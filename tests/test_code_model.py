@@ -58,3 +58,17 @@ def test_generate_and_infill_code_from_the_command_line(tmp_path, capsys):
     filled = (tmp_path / "filled.py").read_text()
     assert filled.startswith("def add(a, b):\n    ") and "\n\n\ndef sub(a, b):\n    return a - " in filled
     assert "<mask" not in filled and "<blank" not in filled
+
+
+def test_measure_batches_carry_each_samples_own_step_budget(pipe):
+    """The measuring script generates in batches; a per-sample list of step budgets is split with the batches,
+    so each sample gets its own number of forward passes (the infilling table once failed on this)."""
+    from unidiff_code.measure import run
+
+    code = pipe.modalities["code"]
+    prompt = code.encode(code.tag + "def f(x):\n")
+    segs = [[Segment("code", Tokens(prompt)), Segment("code", role="generate", length=n)] for n in (3, 5, 4)]
+    before = [code.decode(prompt)] * 3
+    fills, nfe, tokens, _ = run(pipe, segs, before, [""] * 3, batch=2, steps=[3, 5, 4], seed=0, policy="confidence",
+                                temperature=0.0)
+    assert len(fills) == 3 and nfe == 3 + 5 + 4 and tokens == 3 + 5 + 4
