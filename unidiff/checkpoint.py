@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unidiff.errors import CheckpointError, UnidiffError, UnknownNameError
-from unidiff.modality import Modality, make_head
+from unidiff.modality import Modality, grids_of, make_head
 from unidiff.model import Denoiser, ModelConfig
 from unidiff.plugins import DISABLE_ENV, Registry
 from unidiff.vocab import VocabLayout
@@ -144,7 +144,8 @@ def build_model(config: dict, modalities: dict[str, Modality]) -> Denoiser:
         if layout.block(name).size != m.vocab_size:
             raise CheckpointError(f"modality {name!r} now has {m.vocab_size} tokens but the checkpoint was trained "
                                   f"with {layout.block(name).size}: install the plugin version it names")
-    return Denoiser(cfg, layout, {n: make_head(m, cfg.d_model) for n, m in modalities.items()})
+    return Denoiser(cfg, layout, {n: make_head(m, cfg.d_model) for n, m in modalities.items()},
+                    grids_of(modalities.values()))
 
 
 def load_weights(folder: Path, model: Denoiser) -> None:

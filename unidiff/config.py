@@ -27,6 +27,11 @@ class DataConfig:
     cond_dropout: float = 1.0  # probability that a row hides its document's condition (1: never conditioned)
     holes: int = 0  # up to this many variable-length holes made per row (0: none, no BLANK id in the vocabulary)
     hole_max: int = 16  # longest hole, in tokens
+    # Joint training (e.g. caption + image): a kept condition is a target too with this probability, noised at its
+    # own time; such a row then gives its content whole with probability content_given (condition from content)
+    cond_target: float = 0.0
+    content_given: float = 0.0
+    cond_hole: int = 0  # a target condition is a variable-length hole of this many positions (0: its own length)
 
 
 @dataclass
@@ -94,7 +99,8 @@ class Config:
                                f"head size (rotary embeddings rotate pairs of dimensions)")
         ranges = {"model.dropout": (m.dropout, 0, 1, False), "train.ema": (t.ema, 0, 1, False),
                   "train.min_lr_ratio": (t.min_lr_ratio, 0, 1, True), "train.beta1": (t.beta1, 0, 1, False),
-                  "train.beta2": (t.beta2, 0, 1, False), "data.cond_dropout": (d.cond_dropout, 0, 1, True)}
+                  "train.beta2": (t.beta2, 0, 1, False), "data.cond_dropout": (d.cond_dropout, 0, 1, True),
+                  "data.cond_target": (d.cond_target, 0, 1, True), "data.content_given": (d.content_given, 0, 1, True)}
         for key, (value, lo, hi, closed) in ranges.items():
             if not (lo <= value <= hi if closed else lo <= value < hi):
                 raise UnidiffError(f"config key {key} must lie in [{lo}, {hi}{']' if closed else ')'}; got {value}")
@@ -106,12 +112,15 @@ class Config:
         if t.save_dtype not in SAVE_DTYPES:
             raise UnidiffError(f"config key train.save_dtype must be one of {', '.join(SAVE_DTYPES)}; got "
                                f"{t.save_dtype!r}")
+        if (d.cond_target or d.cond_hole) and m.kind == "autoregressive":
+            raise UnidiffError("data.cond_target and data.cond_hole need model.kind = \"diffusion\"")
         if d.holes and m.kind == "autoregressive":
             raise UnidiffError("data.holes needs model.kind = \"diffusion\": an autoregressive model fills no holes")
         if d.hole_max < 1:
             raise UnidiffError(f"config key data.hole_max must be at least 1; got {d.hole_max}")
         for key, value in {"train.warmup": t.warmup, "train.weight_decay": t.weight_decay,
-                           "train.grad_clip": t.grad_clip, "data.holes": d.holes}.items():
+                           "train.grad_clip": t.grad_clip, "data.holes": d.holes,
+                           "data.cond_hole": d.cond_hole}.items():
             if value < 0:
                 raise UnidiffError(f"config key {key} must not be negative; got {value}")
         if d.seq_len > m.max_len:

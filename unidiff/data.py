@@ -105,11 +105,14 @@ class Batch:
     condition: torch.Tensor | None = None  # (B, L) bool, what classifier-free guidance hides (None: ~targets)
     blank_ok: torch.Tensor | None = None  # (B, L) bool, where BLANK may be predicted (None: nowhere)
     group: torch.Tensor | None = None  # (B, L) long, sampling group of each target (None: all 0, see sample)
+    # (B, L) bool: targets that training noises at the row's second time, independently of the others (a condition
+    # that is itself a target, see `Windows.sample`); None: one time per row
+    second: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
         return Batch(*(None if getattr(self, f) is None else getattr(self, f).to(device)
                        for f in ("ids", "modality", "positions", "pad_mask", "targets", "condition", "blank_ok",
-                                 "group")))
+                                 "group", "second")))
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -222,9 +225,14 @@ class Document:
     condition_modality: str | None = None
 
 
+def _local(modality: Modality, content: Any) -> list[int]:
+    return list(content) if isinstance(content, Tokens) else modality.encode(content)
+
+
 def encode_docs(docs: Sequence[Any], modality: Modality, layout: VocabLayout) -> list[torch.Tensor]:
-    """Encode whole documents of one modality into global-id tensors (a `Document` gives its content)."""
-    return [layout.to_global(modality.name, modality.encode(d.content if isinstance(d, Document) else d))
+    """Encode whole documents of one modality into global-id tensors (a `Document` gives its content; content
+    given as `Tokens` is taken as the modality's local ids, e.g. images encoded once, in batches)."""
+    return [layout.to_global(modality.name, _local(modality, d.content if isinstance(d, Document) else d))
             for d in docs]
 
 
@@ -242,22 +250,28 @@ def encode_conditions(docs: Sequence[Any], modality: Modality, layout: VocabLayo
     ``modality`` encodes them: the documents' `condition_modality` (see `condition_modality`)."""
     if not any(isinstance(d, Document) and d.condition is not None for d in docs):
         return None
-    return [layout.to_global(modality.name, modality.encode(d.condition))
+    return [layout.to_global(modality.name, _local(modality, d.condition))
             if isinstance(d, Document) and d.condition is not None else torch.zeros(0, dtype=torch.long)
             for d in docs]
 
 
 def make_windows(docs: Sequence[torch.Tensor], length: int, layout: VocabLayout, modality: str,
-                 conditions: Sequence[torch.Tensor] | None = None, cond_modality: str | None = None) -> "Windows":
+                 conditions: Sequence[torch.Tensor] | None = None, cond_modality: str | None = None,
+                 cond_hole: int = 0) -> "Windows":
     """`Windows` whose rows have the layout `encode_row` gives the same segments: with more than one modality in
     the vocabulary, each modality run is wrapped in its BOS/EOS markers (a condition of another modality is its own
-    run, one of the same modality joins the content's run)."""
+    run, one of the same modality joins the content's run). ``cond_hole``: see `Windows`."""
+    if cond_hole and not layout.has_blank:
+        raise UnidiffError("conditions generated as variable-length holes (data.cond_hole) need BLANK in the "
+                           "vocabulary")
+    blank = layout.blank if cond_hole else None
     if len(layout.names) == 1:
-        return Windows(docs, length, layout.index(modality), conditions)
+        return Windows(docs, length, layout.index(modality), conditions, cond_hole=cond_hole, blank=blank)
     block = layout.block(modality)
     other = layout.block(cond_modality) if cond_modality not in (None, modality) else None
     return Windows(docs, length, block.index, conditions, markers=(block.bos, block.eos),
-                   cond_markers=(other.index, other.bos, other.eos) if other else None)
+                   cond_markers=(other.index, other.bos, other.eos) if other else None, cond_hole=cond_hole,
+                   blank=blank)
 
 
 class Windows:
@@ -272,6 +286,12 @@ class Windows:
     EOS]``, or ``[BOS_c cond... EOS_c BOS window... EOS]`` when the condition is of another modality
     (``cond_markers``); a plain row is ``[BOS window... EOS]``. Use `make_windows` to get these from a layout.
 
+    A kept condition may itself be a target (`sample`'s ``cond_target``), noised at a second time independent of
+    the content's (``Batch.second``), and the content may then be wholly given (``content_given``): one model
+    learns p(x | c), p(x), p(c | x) and p(c, x), e.g. text -> image, image -> caption and both at once. With
+    ``cond_hole`` > 0 a target condition is a variable-length hole of that many positions, its tokens followed by
+    BLANKs (marked in ``Batch.blank_ok``), as `encode_row` lays out a ``variable`` segment to generate.
+
     Args:
         docs: documents as global-id tensors.
         length: row length.
@@ -279,11 +299,13 @@ class Windows:
         conditions: per document, the global ids of its condition (or None for no conditions).
         markers: (BOS, EOS) ids that wrap the content's run, or None for no markers.
         cond_markers: (modality index, BOS, EOS) of the conditions' modality when it is not the content's.
+        cond_hole: positions of a target condition (0: its own length, no BLANKs).
+        blank: the BLANK id (with ``cond_hole``).
     """
 
     def __init__(self, docs: Sequence[torch.Tensor], length: int, modality_index: int,
                  conditions: Sequence[torch.Tensor] | None = None, markers: tuple[int, int] | None = None,
-                 cond_markers: tuple[int, int, int] | None = None):
+                 cond_markers: tuple[int, int, int] | None = None, cond_hole: int = 0, blank: int | None = None):
         if length < 1:
             raise UnidiffError(f"window length must be at least 1; got {length}")
         if cond_markers is not None and markers is None:
@@ -302,6 +324,11 @@ class Windows:
             raise UnidiffError(f"rows of {length} tokens leave no room for content between the BOS/EOS markers: "
                                f"raise data.seq_len")
         longest = max(len(c) for c in conds)
+        if cond_hole and (blank is None or longest > cond_hole):
+            raise UnidiffError(f"a document's condition takes {longest} tokens, more than data.cond_hole = "
+                               f"{cond_hole}: raise data.cond_hole")
+        self.cond_hole, self.blank = cond_hole, blank
+        longest = max(longest, cond_hole)
         if longest + self.sep >= capacity:
             raise UnidiffError(f"a document's condition takes {longest} tokens, leaving no room in rows of {length}: "
                                f"shorten the conditions or raise data.seq_len")
@@ -324,16 +351,22 @@ class Windows:
     def num_tokens(self) -> int:
         return len(self.stream)
 
-    def batch(self, starts: torch.Tensor, keep_condition: torch.Tensor | None = None) -> Batch:
+    def batch(self, starts: torch.Tensor, keep_condition: torch.Tensor | None = None,
+              cond_target: torch.Tensor | None = None, content_given: torch.Tensor | None = None) -> Batch:
         """Rows whose windows begin at the given stream offsets (each one of ``self.starts`` or
         ``self.tile_starts``); ``keep_condition`` (B,) bool says which rows carry their document's condition
-        (default: none)."""
+        (default: none), ``cond_target`` which of those generate it too (noised at the row's second time), and
+        ``content_given`` which of those give their content whole (default: none)."""
         B, L, w = len(starts), self.length, self.wrap
         doc = torch.searchsorted(self.doc_end, starts, right=True)  # (B,) index of each window's document
         end = self.doc_end[doc]
         c = self.cond_len[doc] if keep_condition is not None else torch.zeros(B, dtype=torch.long)
         if keep_condition is not None:
             c = torch.where(keep_condition, c, 0)
+        gen_c = (c > 0) & cond_target if cond_target is not None else torch.zeros(B, dtype=torch.bool)
+        real_c = c  # the condition's own tokens; a generated one fills a hole of cond_hole positions with BLANKs
+        if self.cond_hole:
+            c = torch.where(gen_c, self.cond_hole, c)
         has = c > 0
         first = torch.where(has, c + self.sep, 0) + w  # (B,) position of the first content token
         n = torch.minimum(end - starts, L - w - first)  # (B,) content tokens
@@ -343,9 +376,14 @@ class Windows:
         in_content = (j >= first_) & (j < stop_)
         content = self.stream[(starts.unsqueeze(1) + j - first_).clamp(0, len(self.stream) - 1)]
         cond = self.cond_ids[doc][:, (j - w).clamp(0, self.cond_ids.shape[1] - 1)]
+        if self.cond_hole:
+            cond = torch.where(j >= (w + real_c).unsqueeze(1), self.blank, cond)
         ids = torch.where(in_content, content, torch.where(in_cond, cond, PAD))
         modality = torch.full((B, L), self.modality_index, dtype=torch.long)
-        given = in_cond.clone()  # what classifier-free guidance hides: the condition and its own markers
+        second = in_cond & gen_c.unsqueeze(1)
+        targets = in_content & ~(content_given & gen_c).unsqueeze(1) if content_given is not None else in_content
+        targets = targets | second
+        given = in_cond & ~second  # what classifier-free guidance hides: a given condition and its own markers
         if w:
             bos, eos = self.markers
             bos_at = torch.where(has & (self.sep > 0), first - 1, 0).unsqueeze(1)
@@ -354,17 +392,25 @@ class Windows:
                 c_index, c_bos, c_eos = self.cond_markers
                 opens, closes = has.unsqueeze(1) & (j == 0), has.unsqueeze(1) & (j == (c + 1).unsqueeze(1))
                 ids = torch.where(opens, c_bos, torch.where(closes, c_eos, ids))
-                given |= opens | closes
+                given |= (opens | closes) & ~gen_c.unsqueeze(1)
                 modality = torch.where(in_cond | opens | closes, c_index, modality)
         pad = j >= stop_ + w
-        return Batch(ids, modality, torch.arange(L).expand(B, L).contiguous(), pad, in_content, given)
+        joint = cond_target is not None
+        return Batch(ids, modality, torch.arange(L).expand(B, L).contiguous(), pad, targets, given,
+                     second if self.cond_hole and joint else None, None, second if joint else None)
 
-    def sample(self, batch_size: int, generator: torch.Generator, cond_dropout: float = 1.0) -> Batch:
+    def sample(self, batch_size: int, generator: torch.Generator, cond_dropout: float = 1.0,
+               cond_target: float = 0.0, content_given: float = 0.0) -> Batch:
         """Random windows, drawn uniformly over all start offsets; each row keeps its condition with probability
-        1 - cond_dropout."""
+        1 - cond_dropout; a kept condition is a target too with probability ``cond_target``, and then the content
+        is wholly given with probability ``content_given``."""
         starts = self.starts[torch.randint(len(self.starts), (batch_size,), generator=generator)]
         keep = torch.rand(batch_size, generator=generator) >= cond_dropout if cond_dropout < 1.0 else None
-        return self.batch(starts, keep)
+        if not cond_target or keep is None:
+            return self.batch(starts, keep)
+        target = torch.rand(batch_size, generator=generator) < cond_target
+        given = torch.rand(batch_size, generator=generator) < content_given
+        return self.batch(starts, keep, target, given)
 
     def tiles(self, batch_size: int, max_windows: int | None = None):
         """Non-overlapping windows that cover every token of every document once, in order, without conditions
@@ -406,4 +452,4 @@ def make_holes(batch: Batch, blank: int, max_holes: int, max_len: int, generator
         ids[b, first:stop] = torch.tensor(row)
         hole[b, first:stop] = torch.tensor(mark)
     return Batch(ids, batch.modality, batch.positions, batch.pad_mask, batch.targets, batch.condition, hole,
-                 batch.group)
+                 batch.group, batch.second)

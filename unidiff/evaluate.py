@@ -26,13 +26,18 @@ from unidiff.schedules import Schedule, get_schedule
 def batch_elbo(model: Denoiser, batch: Batch, schedule: Schedule, generator: torch.Generator,
                amp_dtype: torch.dtype | None = None, stratified: bool = True):
     """One Monte-Carlo ELBO estimate on a batch. Positions in ``batch.blank_ok`` are variable-length holes (see
-    `unidiff.data.make_holes`): the model is told so and may predict BLANK there.
+    `unidiff.data.make_holes`): the model is told so and may predict BLANK there. Positions in ``batch.second`` are
+    noised at a second time per row, drawn independently: each segment's terms are then its own ELBO given the
+    other's noised state.
 
     Returns:
         (sums, counts): (M,) summed ELBO terms (nats) and target-token counts per modality; sums carries gradient.
     """
     device = batch.ids.device
     t = sample_times(len(batch.ids), generator, stratified=stratified, device=device)
+    if batch.second is not None:  # e.g. a caption noised independently of its image: per-position times
+        t2 = sample_times(len(batch.ids), generator, stratified=stratified, device=device)
+        t = torch.where(batch.second, t2.unsqueeze(1), t.unsqueeze(1))
     xt, masked = corrupt(batch.ids, t, schedule, batch.targets, generator)
     hole = batch.blank_ok
     with autocast(device, amp_dtype):

@@ -33,20 +33,23 @@ def corrupt(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, targets: torc
 
     Args:
         x0: (B, L) clean global ids.
-        t: (B,) times.
+        t: (B,) times, or (B, L) times per position.
         targets: (B, L) bool, positions that may be masked.
     Returns:
         xt (B, L) and the bool mask of masked positions (B, L).
     """
-    p = schedule.mask_prob(t).unsqueeze(1)  # (B, 1)
+    p = schedule.mask_prob(t)
+    p = p.unsqueeze(1) if p.dim() == 1 else p  # (B, 1) or (B, L)
     u = torch.rand(x0.shape, generator=generator).to(x0.device)
     masked = (u < p) & targets
     return torch.where(masked, torch.full_like(x0, MASK), x0), masked
 
 
 def elbo_terms(nll: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-    """(B, L) per-position contributions w(t) * nll on masked positions, zero elsewhere (nats)."""
-    w = schedule.weight(t).unsqueeze(1)  # (B, 1)
+    """(B, L) per-position contributions w(t) * nll on masked positions, zero elsewhere (nats); t is (B,) or
+    (B, L)."""
+    w = schedule.weight(t)
+    w = w.unsqueeze(1) if w.dim() == 1 else w  # (B, 1) or (B, L)
     return torch.where(masked, w * nll, torch.zeros_like(nll))
 
 

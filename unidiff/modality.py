@@ -1,7 +1,8 @@
 """The modality contract: what a plugin must provide for the engine to train on and generate its content.
 
 A modality owns a tokenizer (content <-> local ids ``0..vocab_size-1``), a default length, an output file format
-and, optionally, an output head. The engine never looks inside content: it only sees local ids, which
+and, optionally, an output head and a 2-D layout (``grid = (rows, cols)``: its tokens fill a grid in raster order,
+and the model adds row and column embeddings to them). The engine never looks inside content: it only sees local ids, which
 `unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can rebuild
 the same modality from the options it stored (``factory(**modality.options())``).
 """
@@ -40,3 +41,16 @@ def make_head(modality: Modality, d_model: int) -> nn.Module:
     if custom is not None:
         return custom(d_model)
     return nn.Linear(d_model, modality.vocab_size, bias=False)
+
+
+def grids_of(modalities) -> dict[str, tuple[int, int]]:
+    """(rows, cols) of each modality that declares a ``grid`` attribute (e.g. VQ image codes)."""
+    out = {}
+    for m in modalities:
+        grid = getattr(m, "grid", None)
+        if grid is not None:
+            rows, cols = (int(v) for v in grid)
+            if rows < 1 or cols < 1:
+                raise ValueError(f"modality {m.name!r} declares grid {grid}: rows and columns must be positive")
+            out[m.name] = (rows, cols)
+    return out

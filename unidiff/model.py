@@ -1,8 +1,9 @@
 """The denoiser: a bidirectional pre-norm transformer over the joint vocabulary (or, as a baseline, the same network
 made causal: ``ModelConfig.kind = "autoregressive"``).
 
-Notable choices: rotary position embeddings on explicit ``positions`` (so a plugin can lay out 2-D grids or
-restart positions per segment), a learned modality embedding added to the token embedding, PyTorch's
+Notable choices: rotary position embeddings on explicit ``positions`` (the sequence order), learned row and column
+embeddings for the tokens of a modality laid out on a 2-D grid (VQ image codes, see `grid_cells`), a learned
+modality embedding added to the token embedding, PyTorch's
 ``scaled_dot_product_attention`` with a key-padding mask, and one output head per modality (supplied by its
 plugin) whose logits land in that modality's id range; every other id gets -inf. No time conditioning: with the
 absorbing process the clean-token posterior does not depend on t (MDLM). The model knows nothing of tokenizers
@@ -48,6 +49,34 @@ def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[to
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, L, hd/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def grid_cells(ids: torch.Tensor, modality: torch.Tensor, index: int, bos: int, eos: int, cells: int) -> torch.Tensor:
+    """(B, L) ids and modality indices -> (B, L) cell number k (raster order) of each token of a grid modality's run,
+    -1 elsewhere. A run starts after its BOS marker (at position 0 in a model without markers); k counts the
+    tokens since, and only the first ``cells`` of a run lie on the grid."""
+    L = ids.shape[1]
+    j = torch.arange(L, device=ids.device).expand_as(ids)
+    last_bos = torch.where(ids == bos, j, torch.full_like(j, -1)).cummax(dim=1).values
+    k = j - last_bos - 1
+    on = (modality == index) & (ids != bos) & (ids != eos) & (k < cells)
+    return torch.where(on, k, torch.full_like(k, -1))
+
+
+class GridEmbedding(nn.Module):
+    """Learned row + column embeddings of a grid of ``rows`` x ``cols`` tokens (2-D positions): added to the input
+    of each token that `grid_cells` places on the grid."""
+
+    def __init__(self, rows: int, cols: int, d_model: int):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.row = nn.Embedding(rows, d_model)
+        self.col = nn.Embedding(cols, d_model)
+
+    def forward(self, cell: torch.Tensor) -> torch.Tensor:
+        on = cell >= 0
+        k = cell.clamp(min=0)
+        return (self.row(k // self.cols) + self.col(k % self.cols)) * on.unsqueeze(-1)
 
 
 class Attention(nn.Module):
@@ -97,15 +126,21 @@ class Denoiser(nn.Module):
         cfg: sizes of the transformer.
         layout: the joint vocabulary.
         heads: one module per modality (in layout order) mapping (N, d_model) -> (N, that modality's vocab size).
+        grids: (rows, cols) of each modality whose tokens lie on a 2-D grid (see `unidiff.modality.grids_of`).
     """
 
-    def __init__(self, cfg: ModelConfig, layout: VocabLayout, heads: dict[str, nn.Module]):
+    def __init__(self, cfg: ModelConfig, layout: VocabLayout, heads: dict[str, nn.Module],
+                 grids: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         if sorted(heads) != layout.names:
             raise ValueError(f"heads {sorted(heads)} do not match the layout's modalities {layout.names}")
         self.cfg, self.layout = cfg, layout
         self.tok_emb = nn.Embedding(layout.size, cfg.d_model)
         self.mod_emb = nn.Embedding(len(layout.names), cfg.d_model)
+        grids = grids or {}
+        if not set(grids) <= set(layout.names):
+            raise ValueError(f"grids {sorted(grids)} name modalities outside the layout {layout.names}")
+        self.grids = nn.ModuleDict({n: GridEmbedding(*grids[n], cfg.d_model) for n in sorted(grids)})
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.heads = nn.ModuleDict({n: heads[n] for n in layout.names})
@@ -128,6 +163,14 @@ class Denoiser(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def embed(self, ids: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, L, d): token + modality embeddings, plus row/column embeddings on grid modalities."""
+        x = self.tok_emb(ids) + self.mod_emb(modality)
+        for name, grid in self.grids.items():
+            b = self.layout.blocks[name]
+            x = x + grid(grid_cells(ids, modality, b.index, b.bos, b.eos, grid.rows * grid.cols)).to(x.dtype)
+        return x
+
     def features(self, ids: torch.Tensor, modality: torch.Tensor, positions: torch.Tensor | None = None,
                  pad_mask: torch.Tensor | None = None, hole: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) ids, modality indices, positions, bool padding -> (B, L, d_model) final hidden states.
@@ -144,7 +187,7 @@ class Denoiser(nn.Module):
         if causal:
             tril = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
             attn_mask = tril if attn_mask is None else attn_mask & tril
-        x = self.tok_emb(ids) + self.mod_emb(modality)
+        x = self.embed(ids, modality)
         if hole is not None:
             if self.hole_emb is None:
                 raise UnidiffError("variable-length holes need a model trained with them (data.holes > 0), and "
@@ -177,6 +220,9 @@ class Denoiser(nn.Module):
             own[:, past:] = torch.eye(n, dtype=torch.bool, device=ids.device)
             keys = key_valid[:, None, None, :] | own  # (B, 1, n, past + n)
             attn_mask = keys if attn_mask is None else keys & attn_mask
+        if len(self.grids):
+            raise UnidiffError("cached causal decoding does not place grid tokens (their row and column come from "
+                               "the whole run): an autoregressive model of a grid modality is not supported")
         x = self.tok_emb(ids) + self.mod_emb(modality)
         while len(cache) < len(self.blocks):
             cache.append({})

@@ -31,7 +31,7 @@ from unidiff.data import condition_modality, encode_conditions, encode_docs, mak
 from unidiff.device import resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.evaluate import EvalResult, batch_loss, evaluate
-from unidiff.modality import Modality, make_head
+from unidiff.modality import Modality, grids_of, make_head
 from unidiff.model import Denoiser
 from unidiff.plugins import Registry
 from unidiff.schedules import get_schedule
@@ -91,14 +91,16 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     if cond_name is not None and cond_name not in modalities:
         modalities[cond_name] = registry.modality(cond_name)
     cond_modality = modalities[cond_name or modality.name]
-    layout = VocabLayout({m.name: m.vocab_size for m in modalities.values()}, blank=cfg.data.holes > 0)
+    layout = VocabLayout({m.name: m.vocab_size for m in modalities.values()},
+                         blank=cfg.data.holes > 0 or cfg.data.cond_hole > 0)
     train_w = make_windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout, modality.name,
-                           encode_conditions(train_docs, cond_modality, layout), cond_name)
+                           encode_conditions(train_docs, cond_modality, layout), cond_name, cfg.data.cond_hole)
     eval_w = make_windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout, modality.name) \
         if eval_docs else None
 
     torch.manual_seed(tc.seed)
-    model = Denoiser(cfg.model, layout, {m.name: make_head(m, cfg.model.d_model) for m in modalities.values()})
+    model = Denoiser(cfg.model, layout, {m.name: make_head(m, cfg.model.d_model) for m in modalities.values()},
+                     grids_of(modalities.values()))
     if tc.init:
         init_weights(tc.init, model, registry)
     model = model.to(device)
@@ -127,7 +129,8 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     while step < tc.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc)
-        batch = train_w.sample(tc.batch_size, generator, cfg.data.cond_dropout)
+        batch = train_w.sample(tc.batch_size, generator, cfg.data.cond_dropout, cfg.data.cond_target,
+                               cfg.data.content_given)
         if cfg.data.holes:
             batch = make_holes(batch, layout.blank, cfg.data.holes, cfg.data.hole_max, generator)
         sums, counts = batch_loss(model, batch.to(device), schedule, generator, amp)
