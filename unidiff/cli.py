@@ -1,4 +1,4 @@
-"""The ``unidiff`` command: train, generate, infill, edit, eval, plugins.
+"""The ``unidiff`` command: train, generate, infill, edit, caption, inpaint, eval, plugins.
 
 Every user error (`UnidiffError`) is printed as one line, ``unidiff: error: ...``, with exit status 2 and no
 traceback; generated content goes to stdout (or ``--out``), reports go to stderr.
@@ -56,10 +56,11 @@ def emit(gen, modality, args) -> None:
             raise UnidiffError(f"cannot write {out}: {e.strerror}") from None
         print(f"wrote {out}", file=sys.stderr)
     else:
+        show = getattr(modality, "show", None)  # a terminal preview of content that is not text (images)
         for i, content in enumerate(gen.texts):
             if args.num > 1:
                 print(f"===== sample {i} (seed {args.seed + i}) =====")
-            print(content)
+            print(show(content) if show else content)
     print(gen.report(), file=sys.stderr)
 
 
@@ -74,6 +75,33 @@ def _sample_command(args, call) -> None:
 def cmd_generate(args) -> None:
     _sample_command(args, lambda pipe, **kw: pipe.complete(args.prompt, modality=args.modality, num=args.num,
                                                            length=args.length, condition=args.condition, **kw))
+
+
+def cmd_caption(args) -> None:
+    from unidiff.generate import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    m = pipe.modality(args.modality)
+    content = m.to_array(args.file) if hasattr(m, "to_array") else Path(args.file).read_text(encoding="utf-8")
+    gen = pipe.caption(content, modality=args.modality, num=args.num, length=args.length,
+                       **sampling_options(args))
+    for i, text in enumerate(gen.contents(pipe.config["condition_modality"])):
+        print(f"{args.file}\t{i}\t{text}" if args.num > 1 else text)
+    print(gen.report(), file=sys.stderr)
+
+
+def cmd_inpaint(args) -> None:
+    from unidiff.data import regenerate_positions
+    from unidiff.generate import Pipeline
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    m = pipe.modality(args.modality)
+    if not hasattr(m, "cells_of_box"):
+        raise UnidiffError(f"the {m.name} modality has no 2-D regions to in-paint; use unidiff infill with "
+                           f"<mask:N> holes")
+    segments = regenerate_positions(m.name, m.encode(m.to_array(args.file)), m.cells_of_box(args.box))
+    segments = pipe.conditioned(args.prompt, segments)
+    emit(pipe.generate([segments] * args.num, **sampling_options(args)), m, args)
 
 
 def read_template(arg: str) -> str:
@@ -171,8 +199,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
     p.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "
                                                           "(semi-autoregressive, as LLaDA); default: one block")
-    p.add_argument("--schedule", default="linear", help="time grid of the steps: linear (default), cosine "
-                                                        "(MaskGIT: few tokens first, many last) or polynomial")
+    p.add_argument("--schedule", help="time grid of the steps: linear, cosine (MaskGIT: few tokens first, many "
+                                      "last) or polynomial (default: the model's recommendation, else linear)")
     p.add_argument("--remask", type=_fraction, help="ReMDM remasking strength, 0 (off) to 1: committed tokens may be "
                                                      "re-masked and predicted again (default: the model's "
                                                      "recommendation, else 0)")
@@ -235,6 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt", help="a condition given before the content (the output starts with it)")
     add_sampling_arguments(d)
     d.set_defaults(func=cmd_edit)
+
+    c = sub.add_parser("caption", help="describe an image (a model's condition from its content)", description=(
+        "Generate the condition of given content: for the image model, a caption of a 28x28 image file, e.g. "
+        "unidiff caption --model image cat.png. Prints one caption per sample."))
+    c.add_argument("file", help="the content: an image file for the image model")
+    c.add_argument("--length", type=_positive, help="longest caption in tokens (default: the longest the model was "
+                                                     "trained on)")
+    add_sampling_arguments(c)
+    c.set_defaults(func=cmd_caption)
+
+    n = sub.add_parser("inpaint", help="regenerate a box of an image", description=(
+        "Regenerate the part of an image inside --box (pixels x0,y0,x1,y1, x1 and y1 exclusive; every 4x4-pixel "
+        "cell it touches is redrawn), optionally conditioned on a caption, e.g. unidiff inpaint --model image "
+        "cat.png --box 0,0,14,28 --prompt 'a cat' --out fixed.png"))
+    n.add_argument("file", help="the image file")
+    n.add_argument("--box", required=True, help="the region to regenerate: x0,y0,x1,y1 in pixels")
+    n.add_argument("--prompt", help="a caption to condition on (default: none)")
+    add_sampling_arguments(n)
+    n.set_defaults(func=cmd_inpaint)
 
     e = sub.add_parser("eval", help="held-out ELBO of a model", description=(
         "Estimate the masked-diffusion ELBO (an upper bound on the NLL) in bits per token on the held-out split "

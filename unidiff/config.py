@@ -68,6 +68,7 @@ class SampleConfig:
     steps_per_token: float = 1.0  # steps = ceil(generated tokens * steps_per_token)
     remask: float = 0.0  # ReMDM remasking strength (0: off)
     guidance: float = 1.0  # classifier-free guidance scale (1: off)
+    schedule: str = "linear"  # time grid of the reverse steps (cosine: MaskGIT's, few tokens first)
     chosen_by: str = ""  # the measurement that chose them
 
 

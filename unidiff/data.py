@@ -229,6 +229,24 @@ def _local(modality: Modality, content: Any) -> list[int]:
     return list(content) if isinstance(content, Tokens) else modality.encode(content)
 
 
+def regenerate_positions(modality: str, ids: Sequence[int], hide: set[int] | Sequence[int]) -> list[Segment]:
+    """Segments that give ``ids`` (local ids of one modality) except at the positions in ``hide``, which are
+    generated: e.g. the cells of an image box to in-paint. Adjacent segments form one run, so the layout is that
+    of the whole content."""
+    hide = set(hide)
+    if not hide <= set(range(len(ids))):
+        raise UnidiffError(f"positions to regenerate must lie in 0..{len(ids) - 1}")
+    segments, k = [], 0
+    while k < len(ids):
+        j = k
+        while j < len(ids) and (j in hide) == (k in hide):
+            j += 1
+        segments.append(Segment(modality, role="generate", length=j - k) if k in hide
+                        else Segment(modality, Tokens(ids[k:j])))
+        k = j
+    return segments
+
+
 def encode_docs(docs: Sequence[Any], modality: Modality, layout: VocabLayout) -> list[torch.Tensor]:
     """Encode whole documents of one modality into global-id tensors (a `Document` gives its content; content
     given as `Tokens` is taken as the modality's local ids, e.g. images encoded once, in batches)."""

@@ -55,6 +55,16 @@ class Generation:
         """Per row, the content of its last run (the whole row when it holds a single modality)."""
         return [runs[-1][1] for runs in self.samples]
 
+    def contents(self, modality: str) -> list[Any]:
+        """Per row, the content of its first run of ``modality`` (e.g. the caption of a caption + image row)."""
+        out = []
+        for runs in self.samples:
+            found = [content for name, content in runs if name == modality]
+            if not found:
+                raise UnidiffError(f"a generated row has no {modality!r} run")
+            out.append(found[0])
+        return out
+
     def report(self) -> str:
         nfe = sorted(set(self.nfe))
         nfe_s = str(nfe[0]) if len(nfe) == 1 else f"{nfe[0]}-{nfe[-1]}"
@@ -154,12 +164,12 @@ class Pipeline:
 
     def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
                  policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
-                 temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str = "linear",
+                 temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str | None = None,
                  block_length: int | None = None, remask: float | None = None,
                  guidance: float | None = None, symmetric: bool = False) -> Generation:
         """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
-        ``steps``, ``policy``, ``temperature``, ``remask`` and ``guidance`` left as None take the model's recommended
+        ``steps``, ``policy``, ``temperature``, ``remask``, ``guidance`` and ``schedule`` left as None take the model's recommended
         sampling settings (the ``"sampling"`` entry of its config.json, chosen from measurements), else one step per
         token, the confidence policy, temperature 1, no remasking and no guidance. A segment's own ``steps``,
         ``policy`` or ``schedule`` override these for that segment.
@@ -171,7 +181,7 @@ class Pipeline:
             policy_options: keyword arguments of the policy's factory, e.g. ``{"threshold": 0.9}``.
             seed: sample i uses seed + i, so it is the same whether generated alone or in a batch.
             temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
-            schedule: time grid of the reverse process.
+            schedule: time grid of the reverse process (linear, cosine, polynomial).
             block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
             remask: ReMDM remasking strength in [0, 1] (0: off).
             guidance: classifier-free guidance scale (1: off); the given segments are the condition.
@@ -184,6 +194,7 @@ class Pipeline:
         temperature = rec["temperature"] if temperature is None else temperature
         remask = rec["remask"] if remask is None else remask
         guidance = rec["guidance"] if guidance is None else guidance
+        schedule = rec.get("schedule", "linear") if schedule is None else schedule
         if self.model.cfg.kind == "autoregressive":  # left to right, one token per forward pass
             block_length, steps, remask = 1, None, 0.0
         rows = self.encode(samples, seed)
@@ -283,6 +294,11 @@ class Pipeline:
         if num < 1:
             raise UnidiffError(f"--num must be at least 1; got {num}")
         has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
+        if has_prompt and isinstance(prompt, str) and getattr(m, "prompt_as_condition", False):
+            # e.g. an image model: a text prompt is the caption to draw, in the condition modality
+            if condition is not None and condition != "":
+                raise UnidiffError(f"{m.name} prompts are conditions: give --prompt or --condition, not both")
+            prompt, condition, has_prompt = None, prompt, False
         segments = self.conditioned(condition, [Segment(m.name, prompt)] if has_prompt else [])
         if length is None:
             probe = encode_row(segments + [Segment(m.name, role="generate", length=1)], self.layout, self.modalities)
@@ -294,6 +310,25 @@ class Pipeline:
         elif length < 1:
             raise UnidiffError(f"--length must be at least 1; got {length}")
         segments.append(Segment(m.name, role="generate", length=length))
+        return self.generate([segments] * num, **kwargs)
+
+    def caption(self, content: Any, *, modality: str | None = None, num: int = 1, length: int | None = None,
+                **kwargs) -> Generation:
+        """Generate the condition for given content (an image -> its caption): ``num`` samples of up to ``length``
+        tokens of the model's condition modality (default: the longest condition it was trained to generate),
+        placed before the content as in training. Read them with ``.contents(condition modality)``."""
+        m = self.modality(modality)
+        cond = self.config.get("condition_modality")
+        if cond is None or cond == m.name:
+            raise UnidiffError(f"this model has no condition modality apart from {m.name}: it cannot caption; use a "
+                               f"model trained on [condition][content] rows (e.g. --model image)")
+        self.layout.block(cond)
+        if num < 1:
+            raise UnidiffError(f"--num must be at least 1; got {num}")
+        trained = self.config.get("training", {}).get("data", {}).get("cond_hole", 0)
+        length = length or trained or self.modalities[cond].default_length
+        variable = self.layout.has_blank
+        segments = [Segment(cond, role="generate", length=length, variable=variable), Segment(m.name, content)]
         return self.generate([segments] * num, **kwargs)
 
     def infill(self, template: str, *, modality: str | None = None, num: int = 1, condition: Any = None,

@@ -1,8 +1,193 @@
-"""unidiff_image: the VQ image modality (work in progress): text-conditioned generation of 28x28 animal silhouettes
-from captions, as a vector-quantised image tokenizer's codes diffused like any other token sequence. So far only the
-data (Animal-MNIST, its captions and its train/valid split: `unidiff_image.animals`) and the VQ tokenizer
-(`unidiff_image.vq`, a diffusers VQModel: 28x28 images <-> 7x7 codes) exist; the plugin registers
-nothing yet.
+"""unidiff_image: VQ image tokens, a modality on a 2-D grid, and text-conditioned animal silhouettes.
+
+An image segment is a 28x28 grayscale image: a PIL image, a path to an image file, a uint8 array (28, 28), or the
+VQ codes themselves as `unidiff.data.Tokens`. The VQ tokenizer (`unidiff_image.vq`, a diffusers VQModel trained
+here) maps it to a 7x7 grid of codes (49 tokens in raster order); the modality declares ``grid = (7, 7)``, so a
+model adds row and column embeddings to those tokens. Generated codes decode to PIL images; ``write`` saves one
+image as a PNG, or many as a PNG grid.
+
+The ``animals-captioned`` dataset pairs every Animal-MNIST image (`unidiff_image.animals`) with each caption
+phrasing of its class, the caption as a text condition; the shipped ``image`` model is trained jointly on
+[caption][image] rows (text -> image, image -> caption, both at once).
 """
 
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from unidiff.data import Document, Tokens
+from unidiff.errors import ModalityInputError, UnidiffError
+from unidiff.hookspecs import hookimpl
+
 __version__ = "0.1.0"
+MODEL_DIR = Path(__file__).parent / "model"
+SIDE = 28
+SHADES = " .:-=+*#%@"  # the terminal preview, light to dark
+
+
+class ImageModality:
+    """28x28 grayscale images as a 7x7 grid of VQ codes.
+
+    Args:
+        vq: the VQ tokenizer folder (default: the shipped one, ``unidiff_image/vq``).
+        grid_scale: pixels per image pixel in a PNG grid of several samples (default 4; a single image is written
+            at its own 28x28 size, so it can be read back).
+    """
+
+    name = "image"
+    file_suffix = ".png"
+    prompt_as_condition = True  # a text prompt is a caption to draw, not image content to continue
+
+    def __init__(self, vq: str | None = None, grid_scale: int = 4):
+        from unidiff_image.vq import FOLDER, VQTokenizer
+
+        self.vq_folder = vq
+        self.tokenizer = VQTokenizer.load(Path(vq) if vq else FOLDER)
+        self.grid = self.tokenizer.grid_shape
+        self.vocab_size = self.tokenizer.vocab_size
+        self.default_length = self.grid[0] * self.grid[1]
+        self.grid_scale = int(grid_scale)
+
+    # --- content <-> codes ---------------------------------------------------------------------------------------
+
+    def to_array(self, content: Any) -> np.ndarray:
+        """uint8 (28, 28) of an image given as PIL, a path or an array; clear errors otherwise."""
+        from PIL import Image, UnidentifiedImageError
+
+        if isinstance(content, (str, Path)):
+            path = Path(content)
+            if not path.is_file():
+                raise ModalityInputError(f"no image file {path}")
+            try:
+                with Image.open(path) as im:
+                    content = im.copy()
+            except (UnidentifiedImageError, OSError) as e:
+                raise ModalityInputError(f"cannot read {path} as an image ({e})") from None
+        if isinstance(content, Image.Image):
+            if content.size != (SIDE, SIDE):
+                raise ModalityInputError(f"the image is {content.size[0]}x{content.size[1]}; this modality takes "
+                                         f"{SIDE}x{SIDE} (resize it: image.resize(({SIDE}, {SIDE})))")
+            return np.asarray(content.convert("L"), dtype=np.uint8)
+        array = np.asarray(content)
+        if array.shape != (SIDE, SIDE) or array.dtype != np.uint8:
+            raise ModalityInputError(f"expected a {SIDE}x{SIDE} image (PIL, a file path or a uint8 array), got "
+                                     f"{type(content).__name__} {getattr(array, 'dtype', '')} {array.shape}")
+        return array
+
+    def encode(self, content: Any) -> list[int]:
+        return self.encode_many([content])[0]
+
+    def encode_many(self, contents: Sequence[Any]) -> list[list[int]]:
+        """Codes of many images in one pass of the VQ encoder."""
+        arrays = np.stack([self.to_array(c) for c in contents])
+        return [row.flatten().tolist() for row in self.tokenizer.encode(arrays)]
+
+    def decode(self, ids: Sequence[int]):
+        """A PIL image (mode "L", 28x28) of 49 codes."""
+        from PIL import Image
+
+        n = self.default_length
+        if len(ids) != n:
+            raise ModalityInputError(f"an image is {n} codes ({self.grid[0]}x{self.grid[1]}); got {len(ids)}: "
+                                     f"generate images with --length {n} (the default)")
+        codes = np.asarray([int(i) for i in ids], dtype=np.int64).reshape(1, *self.grid)
+        return Image.fromarray(self.tokenizer.decode(codes)[0], mode="L")
+
+    # --- output --------------------------------------------------------------------------------------------------
+
+    def show(self, image) -> str:
+        """A terminal preview: one character per pixel pair (28 columns x 14 rows), dark = dense."""
+        a = np.asarray(image, dtype=np.float64)
+        pairs = (a[0::2] + a[1::2]) / 2
+        idx = np.clip((pairs / 256 * len(SHADES)).astype(int), 0, len(SHADES) - 1)
+        return "\n".join("".join(SHADES[i] for i in row) for row in idx)
+
+    def write(self, contents: Sequence[Any], path: Path, columns: int | None = None) -> None:
+        """One image: a 28x28 PNG. Several: a PNG grid (``columns`` wide, default about square), each image
+        scaled up ``grid_scale`` times with a one-pixel-per-scale gap, in reading order."""
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            raise UnidiffError(f"images are written as PNG: give --out a .png path, not {path.name!r}")
+        images = [self.to_array(c) for c in contents]
+        if len(images) == 1:
+            from PIL import Image
+
+            Image.fromarray(images[0], mode="L").save(path)
+            return
+        png_grid(images, columns or math.ceil(math.sqrt(len(images))), self.grid_scale).save(path)
+
+    def cells_of_box(self, box: str | Sequence[int]) -> list[int]:
+        """The code positions (raster order) whose 4x4-pixel cells a pixel box x0,y0,x1,y1 touches."""
+        return cells_of_box(box, self.grid)
+
+    def options(self) -> dict:
+        return {"vq": self.vq_folder, "grid_scale": self.grid_scale}
+
+
+def png_grid(images: Sequence[np.ndarray], columns: int, scale: int = 4, gap: int = 1):
+    """A grid of uint8 (28, 28) images on a white background, scaled up by ``scale`` (nearest neighbour)."""
+    from PIL import Image
+
+    rows = math.ceil(len(images) / columns)
+    step = (SIDE + gap) * scale
+    canvas = np.full((rows * step - gap * scale, columns * step - gap * scale), 255, dtype=np.uint8)
+    for k, image in enumerate(images):
+        r, c = divmod(k, columns)
+        big = np.kron(image, np.ones((scale, scale), dtype=np.uint8))
+        canvas[r * step:r * step + SIDE * scale, c * step:c * step + SIDE * scale] = big
+    return Image.fromarray(canvas, mode="L")
+
+
+def cells_of_box(box: str | Sequence[int], grid: tuple[int, int] = (7, 7), side: int = SIDE) -> list[int]:
+    """The grid cells (raster order) that a pixel box ``x0,y0,x1,y1`` (x1, y1 exclusive) touches."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in (box.split(",") if isinstance(box, str) else box))
+    except ValueError:
+        raise UnidiffError(f"--box takes x0,y0,x1,y1 in pixels, e.g. 0,0,14,14; got {box!r}") from None
+    if not (0 <= x0 < x1 <= side and 0 <= y0 < y1 <= side):
+        raise UnidiffError(f"box {x0},{y0},{x1},{y1} is not inside the {side}x{side} image with x0 < x1 and y0 < y1")
+    ch, cw = side // grid[0], side // grid[1]
+    return [r * grid[1] + c for r in range(y0 // ch, (y1 - 1) // ch + 1) for c in range(x0 // cw, (x1 - 1) // cw + 1)]
+
+
+# --- the dataset -----------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=2)
+def _codes(part: str) -> tuple[list[list[int]], np.ndarray]:
+    from unidiff_image.animals import animals
+
+    images, labels = animals(part)
+    modality = ImageModality()
+    return [row.flatten().tolist() for row in modality.tokenizer.encode(images)], labels
+
+
+def animals_captioned(split: str) -> list[Document]:
+    """Every image of the split once per training caption phrasing ("a cat", "a drawing of a cat", ...), as its
+    VQ codes with the caption as a text condition."""
+    from unidiff_image.animals import CAPTION_TEMPLATES, caption
+
+    codes, labels = _codes(split)
+    return [Document(Tokens(c), caption(int(y), k), "text")
+            for k in range(len(CAPTION_TEMPLATES)) for c, y in zip(codes, labels)]
+
+
+@hookimpl
+def register_modalities(register):
+    register("image", ImageModality)
+
+
+@hookimpl
+def register_datasets(register):
+    register("animals-captioned", animals_captioned, modality="image")
+
+
+@hookimpl
+def register_models(register):
+    if MODEL_DIR.is_dir():
+        register("image", MODEL_DIR)
