@@ -9,18 +9,8 @@ from PIL import Image
 
 from unidiff.data import Segment, Tokens, regenerate_positions
 from unidiff.errors import ModalityInputError, UnidiffError
-from unidiff_image import ImageModality, animals_captioned, cells_of_box, png_grid
-from unidiff_image.animals import CAPTION_TEMPLATES, animals
-
-
-@pytest.fixture(scope="module")
-def image():
-    return ImageModality()
-
-
-@pytest.fixture(scope="module")
-def valid():
-    return animals("valid")
+from unidiff_image import animals_captioned, cells_of_box, png_grid
+from unidiff_image.animals import CAPTION_TEMPLATES
 
 
 # --- boxes and segments ------------------------------------------------------------------------------------------
