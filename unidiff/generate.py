@@ -329,6 +329,13 @@ class Pipeline:
         length = length or trained or self.modalities[cond].default_length
         variable = self.layout.has_blank
         segments = [Segment(cond, role="generate", length=length, variable=variable), Segment(m.name, content)]
+        # Captions decode left to right, one token per step, greedily and without guidance unless asked otherwise:
+        # parallel decoding of a variable-length hole mixes words of different lengths ("a sheeephant"); on the
+        # shipped image model left to right names the right class 0.45 of the time against 0.0 in parallel.
+        for key, value in (("block_length", 1), ("steps", length), ("temperature", 0.0), ("guidance", 1.0),
+                           ("schedule", "linear")):
+            if kwargs.get(key) is None:
+                kwargs[key] = value
         return self.generate([segments] * num, **kwargs)
 
     def infill(self, template: str, *, modality: str | None = None, num: int = 1, condition: Any = None,
