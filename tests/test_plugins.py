@@ -347,7 +347,7 @@ def test_disable_builtin_in_process(clean_env):
 def test_disable_lists_known_modalities(on_path, plugdirs, clean_env):
     """With quad installed and the built-in modalities disabled, the error lists the one that is still known."""
     on_path(plugdirs["quad"])
-    clean_env.setenv(DISABLE_ENV, "text,dna,code")
+    clean_env.setenv(DISABLE_ENV, "text,dna,code,image")
     reg = Registry()
     assert reg.names("modalities") == ["quad"]
     with pytest.raises(UnknownNameError, match=r"known modalit\w*: quad"):
