@@ -331,7 +331,8 @@ class Pipeline:
         segments = [Segment(cond, role="generate", length=length, variable=variable), Segment(m.name, content)]
         # Captions decode left to right, one token per step, greedily and without guidance unless asked otherwise:
         # parallel decoding of a variable-length hole mixes words of different lengths ("a sheeephant"); on the
-        # shipped image model left to right names the right class 0.45 of the time against 0.0 in parallel.
+        # shipped image model left to right names the right class of 1,000 held-out images 0.248 of the time, in
+        # parallel 0.198 (docs/results/image.md).
         for key, value in (("block_length", 1), ("steps", length), ("temperature", 0.0), ("guidance", 1.0),
                            ("schedule", "linear")):
             if kwargs.get(key) is None:

@@ -109,7 +109,7 @@ def captioning(pipe: Pipeline, codes: list[list[int]], labels: np.ndarray, judge
     return ("**Captioning.** The 1,000 held-out real images, captioned as `unidiff caption` does (a variable-length "
             "hole of up to 32 bytes before the given image, greedy, left to right one byte per step: 32 forward "
             "passes); a caption is right when it names the image's class and no other. Decoding the hole in "
-            "parallel instead mixes class names of different lengths (\"a sheeephant\") and is almost never right.\n\n"
+            "parallel instead mixes class names of different lengths (\"a sheeephant\") and is right less often.\n\n"
             + markdown_table("| | accuracy |",
                              [f"| captions naming the right class | **{cap_acc:.3f}** |",
                               f"| captions exactly one of the training phrasings of the right class | {exact:.3f} |",
