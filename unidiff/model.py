@@ -89,9 +89,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask, cache: dict | None = None):
+    def forward(self, x, cos, sin, attn_mask, cache: dict | None = None, kv: dict | None = None,
+                span: torch.Tensor | None = None):
         """``cache`` (causal decoding): a dict that keeps this layer's keys and values; the new positions attend
-        to everything cached before them, then are appended to it."""
+        to everything cached before them, then are appended to it.
+
+        ``kv`` (bidirectional caching, see `Denoiser.features`): without ``span``, the layer stores every position's
+        keys and values in it; with ``span`` ((B, n) positions, ``x`` holding only those), it attends to the
+        stored ones with fresh keys and values at the span's positions."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, L, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -99,6 +104,13 @@ class Attention(nn.Module):
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
+        if kv is not None:
+            if span is None:
+                kv["k"], kv["v"] = k, v
+            else:
+                at = span[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+                k = kv["k"].to(k.dtype).scatter(2, at, k)
+                v = kv["v"].to(v.dtype).scatter(2, at, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
@@ -114,8 +126,9 @@ class Block(nn.Module):
                                  nn.Linear(hidden, cfg.d_model, bias=False))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, attn_mask, cache: dict | None = None):
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, cache))
+    def forward(self, x, cos, sin, attn_mask, cache: dict | None = None, kv: dict | None = None,
+                span: torch.Tensor | None = None):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, cache, kv, span))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -172,14 +185,27 @@ class Denoiser(nn.Module):
         return x
 
     def features(self, ids: torch.Tensor, modality: torch.Tensor, positions: torch.Tensor | None = None,
-                 pad_mask: torch.Tensor | None = None, hole: torch.Tensor | None = None) -> torch.Tensor:
+                 pad_mask: torch.Tensor | None = None, hole: torch.Tensor | None = None,
+                 kv: list[dict] | None = None, span: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) ids, modality indices, positions, bool padding -> (B, L, d_model) final hidden states.
 
         ``hole`` ((B, L) bool) marks the positions of variable-length holes, on a model whose layout has BLANK.
+
+        Approximate key/value caching (a bidirectional model, Fast-dLLM's "dual cache"): with ``kv`` (one dict per
+        layer) and no ``span``, the pass also stores every layer's keys and values there; with ``span`` ((B, n)
+        position indices) it computes those n positions only, as (B, n, d_model), attending to the stored keys and
+        values of every other position. Exact only while the other positions are unchanged since they were stored:
+        the sampler refreshes the store when a block starts, so the cost is that a block's steps see the rest of
+        the row as it stood at the block's start (measured in bench/).
         """
         B, L = ids.shape
         if positions is None:
             positions = torch.arange(L, device=ids.device).expand(B, L)
+        if span is not None:
+            if kv is None or self.cfg.kind != "diffusion":
+                raise UnidiffError("features over a span need a bidirectional model and the keys and values of a "
+                                   "full pass (kv)")
+            positions = positions.gather(1, span)
         cos, sin = rope_tables(positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
         # (B, 1, 1, L): True where a key takes part; None (faster kernels) when nothing is padded.
         attn_mask = None if pad_mask is None or not pad_mask.any() else ~pad_mask[:, None, None, :]
@@ -193,8 +219,10 @@ class Denoiser(nn.Module):
                 raise UnidiffError("variable-length holes need a model trained with them (data.holes > 0), and "
                                    "this one was not: use fixed-length holes (<mask:N>)")
             x = x + hole.unsqueeze(-1).to(x.dtype) * self.hole_emb
-        for block in self.blocks:
-            x = block(x, cos, sin, attn_mask)
+        if span is not None:  # the whole row was embedded (grid cells need it); keep the span's positions
+            x = x.gather(1, span.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attn_mask, kv=None if kv is None else kv[i], span=span)
         x = self.norm(x)
         if causal:  # position j holds the state that predicts token j: the one computed at j - 1
             x = torch.cat([x.new_zeros(B, 1, x.shape[-1]), x[:, :-1]], dim=1)

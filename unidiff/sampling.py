@@ -148,12 +148,59 @@ def _scatter_sum(index: torch.Tensor, values: torch.Tensor, n: int) -> torch.Ten
     return torch.zeros(n, dtype=torch.long, device=index.device).index_add_(0, index, values.long())
 
 
+class _KVStore:
+    """The approximate key/value cache of `sample` (``cache=True``): every layer's keys and values for each of
+    ``n`` slots (a row, or a row's unconditional pass), and whether they are current for the slot's block."""
+
+    def __init__(self, n: int):
+        self.n, self.kv, self.fresh = n, None, torch.zeros(n, dtype=torch.bool)
+
+    def stale(self, slots: torch.Tensor) -> None:
+        self.fresh[slots.cpu()] = False
+
+    def features(self, model: Denoiser, slots: torch.Tensor, block: torch.Tensor, ids, modality, positions,
+                 pad_mask, hole=None) -> torch.Tensor:
+        """(b, L, d) features of these slots' rows: a full pass (that refills the store) for slots whose block has
+        just begun, the ``block`` positions only (the rest of the state left zero) for the others."""
+        b, L = ids.shape
+        fresh = self.fresh[slots.cpu()]
+        h = None
+        full, part = (~fresh).nonzero().squeeze(1), fresh.nonzero().squeeze(1)
+        hole_of = (lambda i: {}) if hole is None else (lambda i: {"hole": hole[i]})
+        if len(full):
+            kv = [{} for _ in model.blocks]
+            hf = model.features(ids[full], modality[full], positions[full], pad_mask[full], kv=kv, **hole_of(full))
+            h = hf.new_zeros(b, L, hf.shape[-1])
+            h[full] = hf
+            if self.kv is None:
+                self.kv = [{name: t.new_zeros((self.n,) + t.shape[1:]) for name, t in layer.items()} for layer in kv]
+            at = slots[full.to(slots.device)]
+            for store, layer in zip(self.kv, kv):
+                for name in ("k", "v"):
+                    store[name][at] = layer[name].to(store[name].dtype)
+            self.fresh[at.cpu()] = True
+        if len(part):
+            sel = block[part]
+            n = int(sel.sum(1).max())
+            # Each row's block positions first (stable), then other positions to fill n: computing a few extra
+            # positions afresh is harmless.
+            span = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :n]
+            at = slots[part.to(slots.device)]
+            kv = [{name: store[name][at] for name in ("k", "v")} for store in self.kv]
+            hp = model.features(ids[part], modality[part], positions[part], pad_mask[part], kv=kv, span=span,
+                                **hole_of(part))
+            if h is None:
+                h = hp.new_zeros(b, L, hp.shape[-1])
+            h[part] = h[part].scatter(1, span.unsqueeze(-1).expand(-1, -1, hp.shape[-1]), hp)
+        return h
+
+
 @torch.no_grad()
 def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[int] | torch.Tensor | None = None,
            seeds: int | Sequence[int] | torch.Tensor = 0, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, schedule: Schedule | str = "linear", amp_dtype: torch.dtype | None = None,
            block_length: int | None = None, remask: float = 0.0, guidance: float = 1.0,
-           groups: Sequence[GroupSpec] = (),
+           groups: Sequence[GroupSpec] = (), cache: bool = False,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SampleOutput:
     """Generate the target positions of ``batch``.
 
@@ -175,6 +222,12 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             probability applied to tokens already committed in the current block.
         guidance: classifier-free guidance scale w (1: off; 0: unconditional). Costs a second forward pass.
         groups: settings of the groups numbered 1, 2, ... in ``batch.group``.
+        cache: approximate key/value cache (Fast-dLLM's dual cache; off by default): a row's first step in a block
+            runs the whole row and keeps every layer's keys and values; its other steps in that block compute only
+            the block's positions, attending to the kept keys and values elsewhere (the prompt, earlier and later
+            blocks as they stood when the block began). With ``block_length`` a step then costs about
+            block_length / L of a full pass; without, only the given positions are cached. Not exact: its quality
+            cost is measured in bench/.
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
     """
@@ -262,6 +315,12 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
     condition = condition & ~batch.pad_mask
     blank_ok = batch.blank_ok
     passes = 2 if guidance != 1.0 else 1
+    if cache and not isinstance(model, Denoiser):
+        raise UnidiffError("the key/value cache needs the plain denoiser: drop symmetric sampling or the cache")
+    if cache and model.cfg.kind != "diffusion":
+        raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
+                           "decodes with its exact cache (sample_causal)")
+    store = _KVStore(passes * B) if cache else None
     positions = torch.arange(L, device=device)
     start = time.perf_counter()
     k = 0
@@ -321,13 +380,19 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             with autocast(device, amp_dtype):
                 if passes == 2:  # the unconditional pass hides the conditioning positions from attention
                     hidden = torch.cat([batch.pad_mask[rows], batch.pad_mask[rows] | condition[rows]])
-                    h = model.features(xa.repeat(2, 1), mods.repeat(2, 1), batch.positions[rows].repeat(2, 1),
-                                       hidden, **hole)
+                    args = (xa.repeat(2, 1), mods.repeat(2, 1), batch.positions[rows].repeat(2, 1), hidden)
+                    if store is None:
+                        h = model.features(*args, **hole)
+                    else:
+                        h = store.features(model, torch.cat([rows, rows + B]), in_block[rows].repeat(2, 1), *args,
+                                           **hole)
                     lc = _logits(model, h[:len(rows)][where], mods[where], blank).float()
                     lu = _logits(model, h[len(rows):][where], mods[where], blank).float()
                     logits = torch.where(torch.isfinite(lc), lu + guidance * (lc - lu), lc)
                 else:
-                    h = model.features(xa, mods, batch.positions[rows], batch.pad_mask[rows], **hole)
+                    args = (xa, mods, batch.positions[rows], batch.pad_mask[rows])
+                    h = model.features(*args, **hole) if store is None else \
+                        store.features(model, rows, in_block[rows], *args, **hole)
                     logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
             probs = logits.double().softmax(-1)  # (n_masked, V)
             u = hashed_uniform(seeds[rows][where[0]], k, STREAM_TOKEN, where[1])
@@ -358,6 +423,8 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         still = count(targets & (x == MASK) & in_block)
         done = live & ((step_inst & last) | (still == 0))
         current = current + done.long()
+        if store is not None and done.any():  # a row that moves on to a new block refreshes its cache first
+            store.stale(torch.cat([i_row[done] + j * B for j in range(passes)]))
         local = torch.where(done, 0, torch.where(live, local + 1, local))
         if callback is not None:
             callback(k, rows, x)

