@@ -43,7 +43,7 @@ def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
                 schedule=args.schedule, remask=args.remask, guidance=args.guidance, symmetric=args.symmetric,
-                cache=args.cache)
+                cache=args.cache, max_batch=args.max_batch)
 
 
 def emit(gen, modality, args) -> None:
@@ -230,6 +230,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", action="store_true", help="approximate key/value cache (diffusion models): a block's "
                                                           "later steps compute only the block; fastest with "
                                                           "--block-length; quality cost measured in bench/")
+    p.add_argument("--max-batch", type=_positive, help="generate at most this many samples at once (continuous "
+                                                         "batching: a finished sample's slot goes to the next one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="forward-pass precision (default auto: bf16 on GPUs and on CPUs with AMX, else fp32)")
     p.add_argument("--quantize", choices=("int8",), help="int8 linear layers (CPU only)")

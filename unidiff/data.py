@@ -109,10 +109,15 @@ class Batch:
     # that is itself a target, see `Windows.sample`); None: one time per row
     second: torch.Tensor | None = None
 
+    FIELDS = ("ids", "modality", "positions", "pad_mask", "targets", "condition", "blank_ok", "group", "second")
+
     def to(self, device) -> "Batch":
-        return Batch(*(None if getattr(self, f) is None else getattr(self, f).to(device)
-                       for f in ("ids", "modality", "positions", "pad_mask", "targets", "condition", "blank_ok",
-                                 "group", "second")))
+        return Batch(*(None if getattr(self, f) is None else getattr(self, f).to(device) for f in self.FIELDS))
+
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """The batch of these rows (indices on the batch's device or the CPU)."""
+        return Batch(*(None if getattr(self, f) is None else getattr(self, f)[rows.to(self.ids.device)]
+                       for f in self.FIELDS))
 
     @property
     def lengths(self) -> torch.Tensor:

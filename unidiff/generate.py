@@ -26,7 +26,7 @@ from unidiff.data import Row, Segment, collate, encode_row
 from unidiff.device import autocast, resolve_device, resolve_precision
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
-from unidiff.sampling import GroupSpec, sample, sample_causal
+from unidiff.sampling import GroupSpec, SampleOutput, sample, sample_causal, sample_stream
 from unidiff.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
 
@@ -105,6 +105,16 @@ def quantize_int8(model, device: torch.device):
 
 def _bad_quantize(name: str):
     raise UnidiffError(f"unknown quantization {name!r}; the one available is int8")
+
+
+def _concat(outs: list[SampleOutput]) -> SampleOutput:
+    """One `SampleOutput` of batches run one after the other (rows padded to the widest)."""
+    if len(outs) == 1:
+        return outs[0]
+    width = max(o.ids.shape[1] for o in outs)
+    ids = torch.cat([torch.nn.functional.pad(o.ids.cpu(), (0, width - o.ids.shape[1])) for o in outs])
+    return SampleOutput(ids=ids, nfe=torch.cat([o.nfe for o in outs]), generated=torch.cat([o.generated for o in outs]),
+                        seconds=sum(o.seconds for o in outs))
 
 
 class Pipeline:
@@ -190,7 +200,8 @@ class Pipeline:
                  policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
                  temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str | None = None,
                  block_length: int | None = None, remask: float | None = None,
-                 guidance: float | None = None, symmetric: bool = False, cache: bool = False) -> Generation:
+                 guidance: float | None = None, symmetric: bool = False, cache: bool = False,
+                 max_batch: int | None = None) -> Generation:
         """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
         ``steps``, ``policy``, ``temperature``, ``remask``, ``guidance`` and ``schedule`` left as None take the model's recommended
@@ -215,6 +226,9 @@ class Pipeline:
             cache: approximate key/value cache for a diffusion model (see `unidiff.sampling.sample`): a block's
                 later steps compute only the block; fastest with ``block_length``. An autoregressive model always
                 decodes with its exact cache.
+            max_batch: run at most this many rows at once (memory): a diffusion model serves the samples by
+                continuous batching (a finished row's slot goes to the next sample at once, `sample_stream`); an
+                autoregressive model in successive batches. The samples are the same as without it.
         """
         rec = self.sampling
         pol = self.registry.policy(policy or rec["policy"], **(policy_options or {}))
@@ -231,14 +245,24 @@ class Pipeline:
         if steps is None and rec.get("steps_per_token") and self.model.cfg.kind == "diffusion":
             steps = [max(1, math.ceil(n * rec["steps_per_token"])) for n in n_default]
         model = Mirrored(self.model, mirror_perms(self.modalities)) if symmetric else self.model
+        if max_batch is not None and max_batch < 1:
+            raise UnidiffError(f"--max-batch must be at least 1; got {max_batch}")
         if self.model.cfg.kind == "autoregressive" and guidance == 1.0 and not specs and not symmetric:
-            out = sample_causal(model, collate(rows), seeds=seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                                amp_dtype=self.amp_dtype)  # the key/value cache: one position per pass
+            outs = []  # the key/value cache: one position per pass, in batches of at most max_batch rows
+            for i in range(0, len(rows), max_batch or len(rows)):
+                part = rows[i:i + (max_batch or len(rows))]
+                outs.append(sample_causal(model, collate(part), seeds=seed + i, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, amp_dtype=self.amp_dtype))
+            out = _concat(outs)
         else:
-            out = sample(model, collate(rows, groups if specs else None), pol, steps=steps, seeds=seed,
-                         temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
-                         amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
-                         groups=specs, cache=cache and self.model.cfg.kind == "diffusion")
+            settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
+                            amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
+                            groups=specs, cache=cache and self.model.cfg.kind == "diffusion")
+            batch = collate(rows, groups if specs else None)
+            if max_batch is not None and max_batch < len(rows):  # continuous batching in max_batch slots
+                out = sample_stream(model, batch, pol, max_batch, steps=steps, seeds=seed, **settings)
+            else:
+                out = sample(model, batch, pol, steps=steps, seeds=seed, **settings)
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
         nfe = (out.nfe * (2 if symmetric else 1) + extra_nfe).tolist()

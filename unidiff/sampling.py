@@ -98,12 +98,14 @@ class SampleOutput:
     nfe: (B,) forward passes each row took part in.
     generated: (B,) number of positions each row generated.
     seconds: wall time of the loop.
+    latency: (B,) seconds from the start of the loop until each row was done (`sample_stream` only).
     """
 
     ids: torch.Tensor
     nfe: torch.Tensor
     generated: torch.Tensor
     seconds: float
+    latency: torch.Tensor | None = None  # (B,) seconds from the start until each row was done (sample_stream)
 
     @property
     def tokens_per_second(self) -> float:
@@ -231,106 +233,263 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
     """
-    if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
-        raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
-                           f"top_p={top_p}, top_k={top_k}")
-    if not 0.0 <= remask <= 1.0:
-        raise UnidiffError(f"remask must lie in [0, 1] (0: off); got {remask}")
-    if not math.isfinite(guidance) or guidance < 0:
-        raise UnidiffError(f"guidance must be a finite number >= 0 (1: off, 0: unconditional); got {guidance}")
-    if block_length is not None and block_length < 1:
-        raise UnidiffError(f"block_length must be at least 1; got {block_length}")
     device = next(model.parameters()).device
     batch = batch.to(device)
     B, L = batch.ids.shape
-    targets = batch.targets & ~batch.pad_mask
-    n_targets = targets.sum(1)  # (B,)
+    sampler = Sampler(model, policy, B, L, temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
+                      amp_dtype=amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
+                      groups=groups, cache=cache)
     if isinstance(seeds, int):
         seeds = seeds + torch.arange(B)
-    seeds = torch.as_tensor(seeds, dtype=torch.long, device=device).reshape(B)
-    row_steps = n_targets.clamp(min=1) if steps is None else \
-        torch.as_tensor(steps, dtype=torch.long, device=device).expand(B)
-    if (row_steps < 1).any():
-        raise UnidiffError(f"steps must be at least 1; got {row_steps.min().item()}")
-
-    # The settings table: entry 0 is this call's, entry g the g-th GroupSpec's. Distinct policies and schedules
-    # get small integer ids so the loop can select with tensors.
-    specs = [GroupSpec(policy, None, schedule)] + [GroupSpec(g.policy or policy, g.steps, g.schedule or schedule)
-                                                   for g in groups]
-    policies, schedules = [], []
-    pol_of, sch_of, spec_steps = [], [], []
-    for g in specs:
-        sch = get_schedule(g.schedule) if isinstance(g.schedule, str) else g.schedule
-        pol_of.append(next((i for i, p in enumerate(policies) if p is g.policy), len(policies)))
-        if pol_of[-1] == len(policies):
-            policies.append(g.policy)
-        sch_of.append(next((i for i, q in enumerate(schedules) if q is sch or q == sch), len(schedules)))
-        if sch_of[-1] == len(schedules):
-            schedules.append(sch)
-        if g.steps is not None and g.steps < 1:
-            raise UnidiffError(f"a group's steps must be at least 1; got {g.steps}")
-        spec_steps.append(-1 if g.steps is None else g.steps)
-    G = len(specs)
-    group = torch.zeros_like(batch.ids) if batch.group is None else batch.group.clamp(min=0)
-    if int(group.max()) >= G:
-        raise UnidiffError(f"batch.group uses group {int(group.max())} but only {G - 1} GroupSpec(s) were given")
-
-    # Instances: one per (row, group) that has targets. Each target's rank within its instance cuts it into blocks.
-    key = torch.arange(B, device=device).unsqueeze(1) * G + group  # (B, L)
-    uniq, inst = torch.unique(key[targets], return_inverse=True)
-    I = len(uniq)
-    x = torch.where(targets, MASK, batch.ids)
-    nfe = torch.zeros(B, dtype=torch.long, device=device)
-    if I == 0:  # nothing to generate (e.g. edits of strength 0)
-        return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=0.0)
-    inst_at = torch.full((B, L), -1, dtype=torch.long, device=device)
-    inst_at[targets] = inst
-    i_row, i_spec = uniq // G, uniq % G  # (I,)
-    onehot = torch.nn.functional.one_hot(group, G) * targets.unsqueeze(-1)  # (B, L, G)
-    rank = (onehot.cumsum(1).gather(2, group.unsqueeze(-1)).squeeze(-1) - 1)  # index within its instance
-    size = block_length or max(L, 1)
-    block_of = torch.where(targets, rank // size, -1)  # (B, L)
-    i_n = _scatter_sum(inst, torch.ones_like(inst), I)
-    i_blocks = ((i_n + size - 1) // size).clamp(min=1)
-    spec_steps_t = torch.tensor(spec_steps, device=device)[i_spec]
-    i_steps = torch.where(spec_steps_t > 0, spec_steps_t, row_steps[i_row])  # (I,)
-    i_pol = torch.tensor(pol_of, device=device)[i_spec]
-    i_sch = torch.tensor(sch_of, device=device)[i_spec]
-    current = torch.zeros(I, dtype=torch.long, device=device)  # the block each instance is decoding
-    local = torch.zeros(I, dtype=torch.long, device=device)  # the step within that block
-    inst_c = inst_at.clamp(min=0)
-    inst_flat = inst_c.flatten()
-    own = inst_at[i_row] == torch.arange(I, device=device).unsqueeze(1)  # (I, L): each instance's positions
-
-    def count(mask: torch.Tensor) -> torch.Tensor:
-        """(I,) number of True positions of each instance in a (B, L) mask of target positions."""
-        return _scatter_sum(inst_flat, mask.flatten(), I)
-
-    def to_rows(per_instance: torch.Tensor, rows_of: torch.Tensor, n_rows: int) -> torch.Tensor:
-        """(n, L) masks of instances -> (n_rows, L) masks of their rows (an instance's row index in rows_of)."""
-        out = torch.zeros((n_rows, L), dtype=torch.long, device=device)
-        return out.index_add_(0, rows_of, per_instance.long()) > 0
-
-    condition = batch.condition if batch.condition is not None else ~batch.targets
-    condition = condition & ~batch.pad_mask
-    blank_ok = batch.blank_ok
-    passes = 2 if guidance != 1.0 else 1
-    if cache and not isinstance(model, Denoiser):
-        raise UnidiffError("the key/value cache needs the plain denoiser: drop symmetric sampling or the cache")
-    if cache and model.cfg.kind != "diffusion":
-        raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
-                           "decodes with its exact cache (sample_causal)")
-    store = _KVStore(passes * B) if cache else None
-    positions = torch.arange(L, device=device)
+    slots = torch.arange(B, device=device)
+    sampler.admit(batch, slots, steps, seeds)
     start = time.perf_counter()
-    k = 0
     while True:
+        rows = sampler.step()
+        if rows is None:
+            break
+        if callback is not None:
+            callback(sampler.k - 1, rows, sampler.x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return SampleOutput(ids=sampler.x, nfe=sampler.nfe.cpu(), generated=sampler.n_targets.cpu(),
+                        seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def sample_stream(model: Denoiser, batch: Batch, policy: Policy, max_batch: int,
+                  steps: int | Sequence[int] | torch.Tensor | None = None,
+                  seeds: int | Sequence[int] | torch.Tensor = 0, **settings) -> SampleOutput:
+    """Continuous batching: the rows of ``batch`` are requests served first come, first served by at most
+    ``max_batch`` slots; a row that is done leaves after the step that completes it and the next waiting request
+    takes its slot at once, so the slots stay full while requests of different lengths and step budgets come and
+    go. Every request gets the tokens `sample` gives it alone (the `Sampler`'s per-row step counters); the result
+    adds each request's latency. ``settings``: the keyword arguments of `sample` (temperature, block_length,
+    cache, guidance, ...)."""
+    device = next(model.parameters()).device
+    R, L = batch.ids.shape
+    if max_batch < 1:
+        raise UnidiffError(f"max_batch must be at least 1; got {max_batch}")
+    if isinstance(seeds, int):
+        seeds = seeds + torch.arange(R)
+    seeds = torch.as_tensor(seeds, dtype=torch.long).reshape(R)
+    targets = batch.targets & ~batch.pad_mask
+    steps_all = targets.sum(1).clamp(min=1) if steps is None else torch.as_tensor(steps, dtype=torch.long).expand(R)
+    sampler = Sampler(model, policy, min(max_batch, R), L, **settings)
+    ids = torch.where(targets, MASK, batch.ids).to(device)
+    nfe = torch.zeros(R, dtype=torch.long)
+    latency = torch.zeros(R, dtype=torch.float64)
+    owner = torch.full((sampler.S,), -1, dtype=torch.long)  # the request in each slot
+    waiting = 0
+    start = time.perf_counter()
+
+    def admit(slots: torch.Tensor) -> None:
+        nonlocal waiting
+        n = min(len(slots), R - waiting)
+        if n <= 0:
+            return
+        take = torch.arange(waiting, waiting + n)
+        sampler.admit(batch.select(take), slots[:n].to(device), steps_all[take].to(device), seeds[take])
+        owner[slots[:n].cpu()] = take
+        waiting += n
+
+    admit(torch.arange(sampler.S))
+    while True:
+        ran = sampler.step()
+        done = sampler.finished()
+        if len(done):
+            now = time.perf_counter() - start
+            req = owner[done.cpu()]
+            ids[req.to(device)] = sampler.x[done]
+            nfe[req] = sampler.nfe[done].cpu()
+            latency[req] = now
+            sampler.release(done)
+            admit(done.cpu())
+        elif ran is None and waiting >= R:
+            break
+        if waiting >= R and not bool(sampler.active.any()):
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return SampleOutput(ids=ids, nfe=nfe, generated=targets.sum(1), seconds=time.perf_counter() - start,
+                        latency=latency)
+
+
+class Sampler:
+    """The state of `sample`'s loop, in ``slots`` rows of ``width`` positions: requests are admitted into free
+    slots at any step (`admit`) and leave when done (`finished`, `release`), so one batch can serve a stream of
+    requests of different lengths and step budgets (continuous batching, see `sample_stream`).
+
+    Everything a row's tokens depend on is its own: its step counter starts at 0 when it is admitted and the
+    uniforms are hashed from (its seed, its step, position), so a request gives the same tokens whatever shares
+    its batch and whenever it joins (up to float rounding in the model's batched passes).
+    """
+
+    def __init__(self, model: Denoiser, policy: Policy, slots: int, width: int, *, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, schedule: Schedule | str = "linear",
+                 amp_dtype: torch.dtype | None = None, block_length: int | None = None, remask: float = 0.0,
+                 guidance: float = 1.0, groups: Sequence[GroupSpec] = (), cache: bool = False):
+        if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
+            raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got "
+                               f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
+        if not 0.0 <= remask <= 1.0:
+            raise UnidiffError(f"remask must lie in [0, 1] (0: off); got {remask}")
+        if not math.isfinite(guidance) or guidance < 0:
+            raise UnidiffError(f"guidance must be a finite number >= 0 (1: off, 0: unconditional); got {guidance}")
+        if block_length is not None and block_length < 1:
+            raise UnidiffError(f"block_length must be at least 1; got {block_length}")
+        self.model, self.temperature, self.top_k, self.top_p = model, temperature, top_k, top_p
+        self.amp_dtype, self.remask, self.guidance = amp_dtype, remask, guidance
+        self.device = device = next(model.parameters()).device
+        self.S, self.L = slots, width
+        # The settings table: entry 0 is the call's, entry g the g-th GroupSpec's. Distinct policies and schedules
+        # get small integer ids so the loop can select with tensors.
+        specs = [GroupSpec(policy, None, schedule)] + [GroupSpec(g.policy or policy, g.steps,
+                                                                 g.schedule or schedule) for g in groups]
+        self.policies, self.schedules = [], []
+        pol_of, sch_of, spec_steps = [], [], []
+        for g in specs:
+            sch = get_schedule(g.schedule) if isinstance(g.schedule, str) else g.schedule
+            pol_of.append(next((i for i, p in enumerate(self.policies) if p is g.policy), len(self.policies)))
+            if pol_of[-1] == len(self.policies):
+                self.policies.append(g.policy)
+            sch_of.append(next((i for i, q in enumerate(self.schedules) if q is sch or q == sch),
+                               len(self.schedules)))
+            if sch_of[-1] == len(self.schedules):
+                self.schedules.append(sch)
+            if g.steps is not None and g.steps < 1:
+                raise UnidiffError(f"a group's steps must be at least 1; got {g.steps}")
+            spec_steps.append(-1 if g.steps is None else g.steps)
+        self.G = G = len(specs)
+        self.pol_of = torch.tensor(pol_of, device=device)
+        self.sch_of = torch.tensor(sch_of, device=device)
+        self.spec_steps = torch.tensor(spec_steps, device=device)
+        self.size = block_length or max(width, 1)
+        self.passes = 2 if guidance != 1.0 else 1
+        if cache and not isinstance(model, Denoiser):
+            raise UnidiffError("the key/value cache needs the plain denoiser: drop symmetric sampling or the cache")
+        if cache and model.cfg.kind != "diffusion":
+            raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
+                               "decodes with its exact cache (sample_causal)")
+        self.store = _KVStore(self.passes * slots) if cache else None
+        S, L = slots, width
+        zeros = lambda dtype: torch.zeros((S, L), dtype=dtype, device=device)  # noqa: E731
+        self.x, self.modality, self.positions = zeros(torch.long), zeros(torch.long), zeros(torch.long)
+        self.pad_mask = torch.ones((S, L), dtype=torch.bool, device=device)
+        self.targets, self.condition, self.group = zeros(torch.bool), zeros(torch.bool), zeros(torch.long)
+        self.blank_ok = None
+        self.block_of = torch.full((S, L), -1, dtype=torch.long, device=device)
+        self.seeds, self.nfe, self.k0 = (torch.zeros(S, dtype=torch.long, device=device) for _ in range(3))
+        self.row_steps = torch.ones(S, dtype=torch.long, device=device)
+        self.n_targets = torch.zeros(S, dtype=torch.long, device=device)
+        self.n_group = torch.zeros((S, G), dtype=torch.long, device=device)  # targets per (slot, group)
+        self.cur = torch.zeros((S, G), dtype=torch.long, device=device)  # the block each (slot, group) decodes
+        self.loc = torch.zeros((S, G), dtype=torch.long, device=device)  # the step within that block
+        self.active = torch.zeros(S, dtype=torch.bool, device=device)
+        self.k = 0
+
+    def admit(self, batch: Batch, slots: torch.Tensor, steps=None, seeds=0) -> None:
+        """Put the rows of ``batch`` (at most ``width`` positions) into free ``slots``; ``steps`` and ``seeds`` as
+        in `sample`."""
+        dev = self.device
+        batch = batch.to(dev)
+        b, n = batch.ids.shape
+        if n > self.L:
+            raise UnidiffError(f"rows of {n} positions do not fit slots of {self.L}")
+        slots = torch.as_tensor(slots, dtype=torch.long, device=dev).reshape(b)
+        if bool(self.active[slots].any()):
+            raise UnidiffError("admit: a slot is still busy; release it first")
+        targets = batch.targets & ~batch.pad_mask
+        n_targets = targets.sum(1)
+        if isinstance(seeds, int):
+            seeds = seeds + torch.arange(b)
+        row_steps = n_targets.clamp(min=1) if steps is None else \
+            torch.as_tensor(steps, dtype=torch.long, device=dev).expand(b)
+        if (row_steps < 1).any():
+            raise UnidiffError(f"steps must be at least 1; got {row_steps.min().item()}")
+        group = torch.zeros_like(batch.ids) if batch.group is None else batch.group.clamp(min=0)
+        if int(group.max()) >= self.G:
+            raise UnidiffError(f"batch.group uses group {int(group.max())} but only {self.G - 1} GroupSpec(s) "
+                               f"were given")
+
+        def put(dst: torch.Tensor, src: torch.Tensor, fill) -> None:
+            dst[slots] = fill
+            dst[slots, :n] = src
+
+        condition = batch.condition if batch.condition is not None else ~batch.targets
+        put(self.x, torch.where(targets, MASK, batch.ids), 0)
+        put(self.modality, batch.modality, 0)
+        put(self.positions, batch.positions, 0)
+        put(self.pad_mask, batch.pad_mask, True)
+        put(self.targets, targets, False)
+        put(self.condition, condition & ~batch.pad_mask, False)
+        put(self.group, group, 0)
+        if batch.blank_ok is not None and self.blank_ok is None:
+            self.blank_ok = torch.zeros((self.S, self.L), dtype=torch.bool, device=dev)
+        if self.blank_ok is not None:
+            put(self.blank_ok, batch.blank_ok if batch.blank_ok is not None else torch.zeros_like(targets), False)
+        # Each target's rank within its (row, group) cuts it into blocks.
+        onehot = torch.nn.functional.one_hot(group, self.G) * targets.unsqueeze(-1)  # (b, n, G)
+        rank = onehot.cumsum(1).gather(2, group.unsqueeze(-1)).squeeze(-1) - 1
+        put(self.block_of, torch.where(targets, rank // self.size, -1), -1)
+        self.n_group[slots] = onehot.sum(1)
+        self.cur[slots], self.loc[slots] = 0, 0
+        self.seeds[slots] = torch.as_tensor(seeds, dtype=torch.long, device=dev).reshape(b)
+        self.row_steps[slots] = row_steps
+        self.n_targets[slots] = n_targets
+        self.nfe[slots] = 0
+        self.k0[slots] = self.k
+        self.active[slots] = True
+        if self.store is not None:
+            self.store.stale(torch.cat([slots + j * self.S for j in range(self.passes)]))
+
+    def finished(self) -> torch.Tensor:
+        """The active slots with nothing left to generate."""
+        return (self.active & ~(self.targets & (self.x == MASK)).any(1)).nonzero().squeeze(1)
+
+    def release(self, slots: torch.Tensor) -> None:
+        self.active[slots] = False
+
+    def step(self) -> torch.Tensor | None:
+        """One step of every active slot; returns the slots that ran the denoiser (None: nothing left to do)."""
+        model, device, B, L, G = self.model, self.device, self.S, self.L, self.G
+        x, passes, remask, guidance = self.x, self.passes, self.remask, self.guidance
+        targets = self.targets & self.active.unsqueeze(1)
+        # Instances: one per (slot, group) that has targets.
+        key = torch.arange(B, device=device).unsqueeze(1) * G + self.group  # (B, L)
+        uniq, inst = torch.unique(key[targets], return_inverse=True)
+        I = len(uniq)
+        if I == 0:
+            return None
+        inst_at = torch.full((B, L), -1, dtype=torch.long, device=device)
+        inst_at[targets] = inst
+        i_row, i_spec = uniq // G, uniq % G  # (I,)
+        current, local = self.cur[i_row, i_spec], self.loc[i_row, i_spec]
+        i_n = self.n_group[i_row, i_spec]
+        i_blocks = ((i_n + self.size - 1) // self.size).clamp(min=1)
+        spec_steps_t = self.spec_steps[i_spec]
+        i_steps = torch.where(spec_steps_t > 0, spec_steps_t, self.row_steps[i_row])  # (I,)
+        i_pol, i_sch = self.pol_of[i_spec], self.sch_of[i_spec]
+        inst_c = inst_at.clamp(min=0)
+        inst_flat = inst_c.flatten()
+        own = inst_at[i_row] == torch.arange(I, device=device).unsqueeze(1)  # (I, L): each instance's positions
+        k_row = (self.k - self.k0).unsqueeze(1)  # (B, 1): each slot's own step counter
+
+        def count(mask: torch.Tensor) -> torch.Tensor:
+            """(I,) number of True positions of each instance in a (B, L) mask of target positions."""
+            return _scatter_sum(inst_flat, (mask & targets).flatten(), I)
+
+        def to_rows(per_instance: torch.Tensor, rows_of: torch.Tensor, n_rows: int) -> torch.Tensor:
+            """(n, L) masks of instances -> (n_rows, L) masks of their rows (an instance's row index in rows_of)."""
+            out = torch.zeros((n_rows, L), dtype=torch.long, device=device)
+            return out.index_add_(0, rows_of, per_instance.long()) > 0
+
         masked = targets & (x == MASK)
-        in_block = targets & (block_of == current[inst_c])  # (B, L): positions of each instance's current block
+        in_block = targets & (self.block_of == current[inst_c])  # (B, L): each instance's current block
         mb = masked & in_block
         left_now = count(mb)
         if not (left_now > 0).any():
-            break
+            return None
         live = left_now > 0  # (I,)
         # The step's budgets, per instance, before the forward pass.
         n_block = count(in_block)
@@ -339,16 +498,17 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         p_unmask = torch.zeros(I, dtype=torch.float64, device=device)
         left = torch.zeros(I, dtype=torch.long, device=device)
         sigma = torch.zeros(I, dtype=torch.float64, device=device)
-        for j, sch in enumerate(schedules):
+        for j, sch in enumerate(self.schedules):
             p_j, l_j, s_j = step_budget(n_block, s_block, local, sch, remask)
             sel = i_sch == j
             p_unmask, left, sigma = torch.where(sel, p_j, p_unmask), torch.where(sel, l_j, left), \
                 torch.where(sel, s_j, sigma)
         last = local + 1 >= s_block  # a block's final step commits all it has left
-        uniform = hashed_uniform(seeds.unsqueeze(1), k, STREAM_POLICY, positions)  # (B, L)
+        positions = torch.arange(L, device=device)
+        uniform = hashed_uniform(self.seeds.unsqueeze(1), k_row, STREAM_POLICY, positions)  # (B, L)
         re = torch.zeros_like(masked)
         if remask > 0:  # ReMDM: committed tokens of the current block go back to MASK with probability sigma
-            u_re = hashed_uniform(seeds.unsqueeze(1), k, STREAM_REMASK, positions)
+            u_re = hashed_uniform(self.seeds.unsqueeze(1), k_row, STREAM_REMASK, positions)
             re = in_block & ~masked & (u_re < sigma[inst_c]) & (live & ~last)[inst_c]
             # At most `left` of them (the smallest uniforms), so the step can still end with exactly `left` masked.
             re = to_rows(top_n(-u_re[i_row], re[i_row] & own, left), i_row, B)
@@ -357,7 +517,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         # One policy "row" per instance: its masked positions of the current block, in its row.
         vm = mb[i_row] & own  # (I, L)
         go = live & (last | (n_re > 0))
-        for j, pol in enumerate(policies):
+        for j, pol in enumerate(self.policies):
             may = getattr(pol, "may_commit", None)
             sel = (i_pol == j) & live
             if may is None:
@@ -374,13 +534,15 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         if len(rows):
             xa, ma = x[rows], mb[rows]  # (b, L)
             where = ma.nonzero(as_tuple=True)
-            mods = batch.modality[rows]
+            mods = self.modality[rows]
+            blank_ok = self.blank_ok
             blank = blank_ok[rows][where] if blank_ok is not None else None
             hole = {} if blank_ok is None else {"hole": blank_ok[rows].repeat(passes, 1)}
-            with autocast(device, amp_dtype):
+            store = self.store
+            with autocast(device, self.amp_dtype):
                 if passes == 2:  # the unconditional pass hides the conditioning positions from attention
-                    hidden = torch.cat([batch.pad_mask[rows], batch.pad_mask[rows] | condition[rows]])
-                    args = (xa.repeat(2, 1), mods.repeat(2, 1), batch.positions[rows].repeat(2, 1), hidden)
+                    hidden = torch.cat([self.pad_mask[rows], self.pad_mask[rows] | self.condition[rows]])
+                    args = (xa.repeat(2, 1), mods.repeat(2, 1), self.positions[rows].repeat(2, 1), hidden)
                     if store is None:
                         h = model.features(*args, **hole)
                     else:
@@ -390,13 +552,13 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
                     lu = _logits(model, h[len(rows):][where], mods[where], blank).float()
                     logits = torch.where(torch.isfinite(lc), lu + guidance * (lc - lu), lc)
                 else:
-                    args = (xa, mods, batch.positions[rows], batch.pad_mask[rows])
+                    args = (xa, mods, self.positions[rows], self.pad_mask[rows])
                     h = model.features(*args, **hole) if store is None else \
                         store.features(model, rows, in_block[rows], *args, **hole)
                     logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
             probs = logits.double().softmax(-1)  # (n_masked, V)
-            u = hashed_uniform(seeds[rows][where[0]], k, STREAM_TOKEN, where[1])
-            tok, conf = propose(logits, u, temperature, top_k, top_p, probs=probs)
+            u = hashed_uniform(self.seeds[rows][where[0]], k_row[rows, 0][where[0]], STREAM_TOKEN, where[1])
+            tok, conf = propose(logits, u, self.temperature, self.top_k, self.top_p, probs=probs)
             tokens = torch.full_like(xa, MASK)
             tokens[where] = tok
             confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
@@ -406,7 +568,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             local_row = torch.full((B,), -1, dtype=torch.long, device=device)
             local_row[rows] = torch.arange(len(rows), device=device)
             commit = torch.zeros(xa.shape, dtype=torch.bool, device=device)
-            for j, pol in enumerate(policies):
+            for j, pol in enumerate(self.policies):
                 idx = ((i_pol == j) & step_inst).nonzero().squeeze(1)
                 if not len(idx):
                     continue
@@ -417,21 +579,17 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
                 chosen = (pol.commit(ctx) | last[idx].unsqueeze(1)) & m
                 commit |= to_rows(chosen, lr, len(rows))
             x[rows] = torch.where(commit, tokens, xa)
-            nfe[rows] += passes
-        x = torch.where(re, MASK, x)
+            self.nfe[rows] += passes
+        x[:] = torch.where(re, MASK, x)
         # Advance every live instance; a block is done after its last step or once nothing in it is masked.
-        still = count(targets & (x == MASK) & in_block)
+        still = count((x == MASK) & in_block)
         done = live & ((step_inst & last) | (still == 0))
-        current = current + done.long()
-        if store is not None and done.any():  # a row that moves on to a new block refreshes its cache first
-            store.stale(torch.cat([i_row[done] + j * B for j in range(passes)]))
-        local = torch.where(done, 0, torch.where(live, local + 1, local))
-        if callback is not None:
-            callback(k, rows, x)
-        k += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=time.perf_counter() - start)
+        self.cur[i_row, i_spec] = current + done.long()
+        self.loc[i_row, i_spec] = torch.where(done, 0, torch.where(live, local + 1, local))
+        if self.store is not None and done.any():  # a row that moves on to a new block refreshes its cache first
+            self.store.stale(torch.cat([i_row[done] + j * B for j in range(passes)]))
+        self.k += 1
+        return rows
 
 
 @torch.no_grad()
