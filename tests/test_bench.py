@@ -47,3 +47,16 @@ def test_bench_command_line_writes_the_table(tmp_path, capsys):
                  "--device", "cpu", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().err
     assert "| autoregressive: AR, KV cache, T0.8 | 4 | 1 |" in out.read_text()
+
+
+def test_speed_features_each_measured():
+    from unidiff.bench import features
+
+    bench = Bench("code", "code-ar", device="cpu")
+    rows = features(bench, 8, 2, block=4, compile=False)
+    names = [name for _, name, _, _ in rows]
+    assert any("approximate cache" in n for n in names) and any("int8" in n for n in names)
+    assert any(n.startswith("continuous batching") for n in names) and any(n.startswith("static") for n in names)
+    assert any("no cache" in n for n in names)
+    assert all(tps > 0 for _, _, tps, _ in rows)
+    assert all("mean latency" in note for _, name, _, note in rows if "batch" in name)

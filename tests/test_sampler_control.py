@@ -232,7 +232,7 @@ def test_guided_proposal_distribution_and_cost(w):
     expected = torch.softmax((UNCOND + w * (COND - UNCOND))[1:].double(), -1)  # (3 masked positions, 3)
     probs = policy.probs[0]
     assert probs.shape == (3, 7)
-    assert torch.allclose(probs[:, A:A + 3], expected, rtol=0, atol=1e-6)
+    assert torch.allclose(probs[:, A:A + 3].double(), expected, rtol=0, atol=1e-6)
     assert probs[:, :A].sum() == 0
     if w == 1.0:  # off: one pass on the real padding mask
         assert out.nfe.tolist() == [1] and [m.tolist() for m in model.masks] == [[[False] * 4]]

@@ -13,7 +13,8 @@ based randomness), so each setting's quality is measured once, on the samples of
 - ``distinct``: distinct 4-grams over all 4-grams of a sample, averaged (low: repetitive, degenerate text).
 
 The speed features are measured on their own against a plain baseline (`features`): the autoregressive key/value
-cache, the diffusion sampler's approximate cache, bf16 autocast, int8 linear layers and ``torch.compile``.
+cache, the diffusion sampler's approximate cache, bf16 autocast, int8 linear layers, ``torch.compile``, and
+continuous batching against static batches on a workload of mixed lengths.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,8 @@ from unidiff.errors import UnidiffError
 from unidiff.evaluate import evaluate
 from unidiff.generate import Pipeline
 from unidiff.policies import Confidence
-from unidiff.sampling import sample
+from unidiff.report import machine
+from unidiff.sampling import sample, sample_stream
 from unidiff.schedules import get_schedule
 
 
@@ -70,12 +71,10 @@ class Setting:
 DEFAULT_SETTINGS = (
     Setting("autoregressive", temperature=1.0),
     Setting("autoregressive", temperature=0.8),
-    Setting("diffusion", 0.125, "confidence", 0.8),
     Setting("diffusion", 0.25, "confidence", 0.8),
     Setting("diffusion", 0.5, "confidence", 0.8),
     Setting("diffusion", 1.0, "confidence", 0.8),
     Setting("diffusion", 0.25, "ancestral", 1.0),
-    Setting("diffusion", 1.0, "ancestral", 1.0),
     Setting("diffusion", 0.5, "confidence", 0.8, block_length=32),
     Setting("diffusion", 0.5, "confidence", 0.8, block_length=32, cache=True),
 )
@@ -90,22 +89,6 @@ class Row:
     latency_s: float
     nfe_per_token: float
     quality: dict = field(default_factory=dict)
-
-
-def machine() -> str:
-    """The CPU (and GPU) this runs on, in words."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        out += f", {torch.cuda.get_device_name()}"
-    return out
 
 
 class Judge:
@@ -202,14 +185,19 @@ class Bench:
                 quality_samples: int) -> list[Row]:
         rows = []
         self.run(setting, min(length, 8), 1, 1)  # warm-up
-        for b in batches:
+        texts: list = []
+        for b in sorted(batches):
             requests = max(b, min(4, quality_samples)) if b < 8 else b
             gens, seconds = self.run(setting, length, b, requests)
             nfe = sum(sum(g.nfe) for g in gens) / sum(sum(g.generated) for g in gens)
             rows.append(Row(setting, length, b, requests * length / seconds, seconds / len(gens), nfe))
-        # Quality on quality_samples samples (rows do not depend on their batch: the largest batch's are reused).
-        gens, _ = self.run(setting, length, max(batches), quality_samples)
-        texts = [t for g in gens for t in g.texts]
+            texts = [t for g in gens for t in g.texts]
+        # Quality on quality_samples samples: rows do not depend on their batch, so the largest batch's samples are
+        # those any batch size gives (more are generated only if it had fewer).
+        if len(texts) < quality_samples:
+            gens, _ = self.run(setting, length, max(batches), quality_samples)
+            texts = [t for g in gens for t in g.texts]
+        texts = texts[:quality_samples]
         q = {"AR bits": score(self.pipes["autoregressive"], texts),
              "diff bits": score(self.pipes["diffusion"], texts),
              "distinct": distinct_4grams([self.modality.encode(t) for t in texts])}
@@ -221,8 +209,9 @@ class Bench:
 
 
 def features(bench: Bench, length: int, batch: int, steps_per_token: float = 0.5, block: int = 32,
-             repeats: int = 1) -> list[tuple[str, str, float, str]]:
-    """Each speed feature on its own, on one workload: (model, feature, tokens/s, note) rows."""
+             repeats: int = 1, compile: bool = True) -> list[tuple[str, str, float, str]]:
+    """Each speed feature on its own, on one workload: (model, feature, tokens/s, note) rows (``compile``: include
+    ``torch.compile``, whose first call compiles for a minute or more)."""
     out = []
     d, a = bench.pipes["diffusion"], bench.pipes["autoregressive"]
     steps = max(1, round(steps_per_token * length))
@@ -248,11 +237,42 @@ def features(bench: Bench, length: int, batch: int, steps_per_token: float = 0.5
         out.append(("diffusion", name, rate(d, **base), ""))
         d.amp_dtype = saved
     out.append(("diffusion", "int8 linear layers", _with_int8(d, lambda: rate(d, **base)), ""))
-    out.append(("diffusion", "torch.compile", _compiled(d, lambda: rate(d, **base)), ""))
+    if compile:
+        out.append(("diffusion", "torch.compile", _compiled(d, lambda: rate(d, **base)), ""))
+    out += _stream_vs_static(bench, length, batch, steps_per_token)
     ar_cached = rate(a, temperature=0.8)
     out.append(("autoregressive", "KV cache (the default)", ar_cached, ""))
     out.append(("autoregressive", "no cache (a full pass per token)", _ar_uncached(bench, length, batch), ""))
     return out
+
+
+def _stream_vs_static(bench: Bench, length: int, batch: int,
+                      steps_per_token: float) -> list[tuple[str, str, float, str]]:
+    """A mixed workload (4 x ``batch`` requests of length/8, /4, /2 and length tokens in turn, steps in proportion)
+    in static batches of ``batch`` (each batch runs until its longest request is done; the next waits for it) and
+    by continuous batching in ``batch`` slots: tokens/s and the mean latency of a request."""
+    d = bench.pipes["diffusion"]
+    name = bench.modality.name
+    lengths = [max(1, length // f) for f in (8, 4, 2, 1)] * batch
+    samples = [([Segment(name, bench.prompt)] if bench.prompt else []) + [Segment(name, role="generate", length=n)]
+               for n in lengths]
+    rows = d.encode(samples)
+    steps = [max(1, round(n * steps_per_token)) for n in lengths]
+    policy = d.registry.policy("confidence")
+    kw = dict(temperature=0.8, amp_dtype=d.amp_dtype)
+    sample(d.model, collate(rows[:batch]), policy, steps=steps[:batch], **kw)  # warm-up
+    elapsed, latency = 0.0, []
+    for i in range(0, len(rows), batch):
+        out = sample(d.model, collate(rows[i:i + batch]), policy, steps=steps[i:i + batch], seeds=i, **kw)
+        elapsed += out.seconds
+        latency += [elapsed] * len(out.ids)
+    stream = sample_stream(d.model, collate(rows), policy, batch, steps=steps, seeds=0, **kw)
+    total = sum(lengths)
+    what = f"{len(rows)} requests of {min(lengths)}-{max(lengths)} tokens, {steps_per_token:g} steps/token"
+    return [("diffusion", f"static batches of {batch}: {what}", total / elapsed,
+             f"mean latency {sum(latency) / len(latency):.2f} s"),
+            ("diffusion", f"continuous batching, {batch} slots: same requests", total / stream.seconds,
+             f"mean latency {float(stream.latency.mean()):.2f} s")]
 
 
 def _with_int8(pipe: Pipeline, fn) -> float:

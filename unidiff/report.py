@@ -11,14 +11,15 @@ import torch
 
 
 def machine() -> str:
-    """The CPU model, torch's thread count and the torch version."""
+    """The CPU model, torch's thread count, the torch version and the GPU if there is one."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    out = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return out + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
 
 
 def markdown_table(header: str, rows: list[str]) -> str:

@@ -70,11 +70,11 @@ def propose(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.
         logits: (N, V) float logits; -inf marks ids that may not be drawn.
         uniform: (N,) uniforms in [0, 1), one per draw.
         temperature: 0 takes the argmax (ties to the lowest id).
-        probs: ``logits.double().softmax(-1)`` if the caller has it already.
+        probs: ``logits.float().softmax(-1)`` if the caller has it already.
     Returns:
         (tokens, confidence): (N,) ids and their probability under the model (softmax of the raw logits).
     """
-    logits = logits.double()
+    logits = logits.float()  # float32: the per-step work over the vocabulary is a large part of a step's cost
     probs = logits.softmax(-1) if probs is None else probs
     if temperature == 0:
         tokens = logits.argmax(-1)
@@ -84,7 +84,7 @@ def propose(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.
         cdf = draw.cumsum(-1)
         # First id whose cumulative mass exceeds u * total: ids of zero mass can never be drawn.
         total = cdf[:, -1:].contiguous()
-        tokens = torch.searchsorted(cdf, uniform.unsqueeze(1) * total, right=True).squeeze(1)
+        tokens = torch.searchsorted(cdf, uniform.unsqueeze(1).to(cdf.dtype) * total, right=True).squeeze(1)
         # Guard u * total rounding up to total: never past the last id of positive mass, the first to reach it.
         tokens = torch.minimum(tokens, torch.searchsorted(cdf, total).squeeze(1))
     return tokens, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
@@ -556,13 +556,13 @@ class Sampler:
                     h = model.features(*args, **hole) if store is None else \
                         store.features(model, rows, in_block[rows], *args, **hole)
                     logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
-            probs = logits.double().softmax(-1)  # (n_masked, V)
+            probs = logits.softmax(-1)  # (n_masked, V), float32
             u = hashed_uniform(self.seeds[rows][where[0]], k_row[rows, 0][where[0]], STREAM_TOKEN, where[1])
             tok, conf = propose(logits, u, self.temperature, self.top_k, self.top_p, probs=probs)
             tokens = torch.full_like(xa, MASK)
             tokens[where] = tok
             confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
-            confidence[where] = quantise_prob(conf)
+            confidence[where] = quantise_prob(conf.double())
             at = torch.full_like(xa, -1)  # index of each masked position's row in probs
             at[where] = torch.arange(len(tok), device=device)
             local_row = torch.full((B,), -1, dtype=torch.long, device=device)
