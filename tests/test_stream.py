@@ -9,7 +9,8 @@ import torch
 from unidiff.data import collate
 from unidiff.errors import UnidiffError
 from unidiff.policies import Ancestral, Confidence
-from unidiff.sampling import sample, sample_stream
+from unidiff.sampling import sample
+from unidiff.stream import sample_stream
 
 from test_sampling import rows_of, tiny_denoiser
 

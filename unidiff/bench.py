@@ -34,7 +34,8 @@ from unidiff.evaluate import evaluate
 from unidiff.generate import Pipeline
 from unidiff.policies import Confidence
 from unidiff.report import machine
-from unidiff.sampling import sample, sample_stream
+from unidiff.sampling import sample
+from unidiff.stream import sample_stream
 from unidiff.schedules import get_schedule
 
 

@@ -26,7 +26,8 @@ from unidiff.data import Row, Segment, collate, encode_row
 from unidiff.device import autocast, resolve_device, resolve_precision
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
-from unidiff.sampling import GroupSpec, SampleOutput, sample, sample_causal, sample_stream
+from unidiff.sampling import GroupSpec, SampleOutput, sample, sample_causal
+from unidiff.stream import sample_stream
 from unidiff.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
 

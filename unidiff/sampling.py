@@ -44,6 +44,7 @@ from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
 from unidiff.policies import Policy, StepContext, quantise_prob, top_n
 from unidiff.rng import STREAM_POLICY, STREAM_REMASK, STREAM_TOKEN, hashed_uniform
+from unidiff.kvcache import KVStore
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
 
@@ -150,53 +151,6 @@ def _scatter_sum(index: torch.Tensor, values: torch.Tensor, n: int) -> torch.Ten
     return torch.zeros(n, dtype=torch.long, device=index.device).index_add_(0, index, values.long())
 
 
-class _KVStore:
-    """The approximate key/value cache of `sample` (``cache=True``): every layer's keys and values for each of
-    ``n`` slots (a row, or a row's unconditional pass), and whether they are current for the slot's block."""
-
-    def __init__(self, n: int):
-        self.n, self.kv, self.fresh = n, None, torch.zeros(n, dtype=torch.bool)
-
-    def stale(self, slots: torch.Tensor) -> None:
-        self.fresh[slots.cpu()] = False
-
-    def features(self, model: Denoiser, slots: torch.Tensor, block: torch.Tensor, ids, modality, positions,
-                 pad_mask, hole=None) -> torch.Tensor:
-        """(b, L, d) features of these slots' rows: a full pass (that refills the store) for slots whose block has
-        just begun, the ``block`` positions only (the rest of the state left zero) for the others."""
-        b, L = ids.shape
-        fresh = self.fresh[slots.cpu()]
-        h = None
-        full, part = (~fresh).nonzero().squeeze(1), fresh.nonzero().squeeze(1)
-        hole_of = (lambda i: {}) if hole is None else (lambda i: {"hole": hole[i]})
-        if len(full):
-            kv = [{} for _ in model.blocks]
-            hf = model.features(ids[full], modality[full], positions[full], pad_mask[full], kv=kv, **hole_of(full))
-            h = hf.new_zeros(b, L, hf.shape[-1])
-            h[full] = hf
-            if self.kv is None:
-                self.kv = [{name: t.new_zeros((self.n,) + t.shape[1:]) for name, t in layer.items()} for layer in kv]
-            at = slots[full.to(slots.device)]
-            for store, layer in zip(self.kv, kv):
-                for name in ("k", "v"):
-                    store[name][at] = layer[name].to(store[name].dtype)
-            self.fresh[at.cpu()] = True
-        if len(part):
-            sel = block[part]
-            n = int(sel.sum(1).max())
-            # Each row's block positions first (stable), then other positions to fill n: computing a few extra
-            # positions afresh is harmless.
-            span = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :n]
-            at = slots[part.to(slots.device)]
-            kv = [{name: store[name][at] for name in ("k", "v")} for store in self.kv]
-            hp = model.features(ids[part], modality[part], positions[part], pad_mask[part], kv=kv, span=span,
-                                **hole_of(part))
-            if h is None:
-                h = hp.new_zeros(b, L, hp.shape[-1])
-            h[part] = h[part].scatter(1, span.unsqueeze(-1).expand(-1, -1, hp.shape[-1]), hp)
-        return h
-
-
 @torch.no_grad()
 def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[int] | torch.Tensor | None = None,
            seeds: int | Sequence[int] | torch.Tensor = 0, temperature: float = 1.0, top_k: int = 0,
@@ -256,65 +210,6 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
                         seconds=time.perf_counter() - start)
 
 
-@torch.no_grad()
-def sample_stream(model: Denoiser, batch: Batch, policy: Policy, max_batch: int,
-                  steps: int | Sequence[int] | torch.Tensor | None = None,
-                  seeds: int | Sequence[int] | torch.Tensor = 0, **settings) -> SampleOutput:
-    """Continuous batching: the rows of ``batch`` are requests served first come, first served by at most
-    ``max_batch`` slots; a row that is done leaves after the step that completes it and the next waiting request
-    takes its slot at once, so the slots stay full while requests of different lengths and step budgets come and
-    go. Every request gets the tokens `sample` gives it alone (the `Sampler`'s per-row step counters); the result
-    adds each request's latency. ``settings``: the keyword arguments of `sample` (temperature, block_length,
-    cache, guidance, ...)."""
-    device = next(model.parameters()).device
-    R, L = batch.ids.shape
-    if max_batch < 1:
-        raise UnidiffError(f"max_batch must be at least 1; got {max_batch}")
-    if isinstance(seeds, int):
-        seeds = seeds + torch.arange(R)
-    seeds = torch.as_tensor(seeds, dtype=torch.long).reshape(R)
-    targets = batch.targets & ~batch.pad_mask
-    steps_all = targets.sum(1).clamp(min=1) if steps is None else torch.as_tensor(steps, dtype=torch.long).expand(R)
-    sampler = Sampler(model, policy, min(max_batch, R), L, **settings)
-    ids = torch.where(targets, MASK, batch.ids).to(device)
-    nfe = torch.zeros(R, dtype=torch.long)
-    latency = torch.zeros(R, dtype=torch.float64)
-    owner = torch.full((sampler.S,), -1, dtype=torch.long)  # the request in each slot
-    waiting = 0
-    start = time.perf_counter()
-
-    def admit(slots: torch.Tensor) -> None:
-        nonlocal waiting
-        n = min(len(slots), R - waiting)
-        if n <= 0:
-            return
-        take = torch.arange(waiting, waiting + n)
-        sampler.admit(batch.select(take), slots[:n].to(device), steps_all[take].to(device), seeds[take])
-        owner[slots[:n].cpu()] = take
-        waiting += n
-
-    admit(torch.arange(sampler.S))
-    while True:
-        ran = sampler.step()
-        done = sampler.finished()
-        if len(done):
-            now = time.perf_counter() - start
-            req = owner[done.cpu()]
-            ids[req.to(device)] = sampler.x[done]
-            nfe[req] = sampler.nfe[done].cpu()
-            latency[req] = now
-            sampler.release(done)
-            admit(done.cpu())
-        elif ran is None and waiting >= R:
-            break
-        if waiting >= R and not bool(sampler.active.any()):
-            break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return SampleOutput(ids=ids, nfe=nfe, generated=targets.sum(1), seconds=time.perf_counter() - start,
-                        latency=latency)
-
-
 class Sampler:
     """The state of `sample`'s loop, in ``slots`` rows of ``width`` positions: requests are admitted into free
     slots at any step (`admit`) and leave when done (`finished`, `release`), so one batch can serve a stream of
@@ -371,7 +266,7 @@ class Sampler:
         if cache and model.cfg.kind != "diffusion":
             raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
                                "decodes with its exact cache (sample_causal)")
-        self.store = _KVStore(self.passes * slots) if cache else None
+        self.store = KVStore(self.passes * slots) if cache else None
         S, L = slots, width
         zeros = lambda dtype: torch.zeros((S, L), dtype=dtype, device=device)  # noqa: E731
         self.x, self.modality, self.positions = zeros(torch.long), zeros(torch.long), zeros(torch.long)
