@@ -145,11 +145,12 @@ def cmd_eval(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from unidiff.bench import run_bench
+    from unidiff.bench import Setting, run_bench
 
     out = Path(args.out) if args.out else None
-    text = run_bench(args.diffusion, args.autoregressive, args.lengths, args.batches, quality_samples=args.samples,
-                     judge=not args.no_judge, device=args.device,
+    settings = [Setting.parse(t) for t in args.setting] if args.setting else None
+    text = run_bench(args.diffusion, args.autoregressive, args.lengths, args.batches, settings=settings,
+                     quality_samples=args.samples, judge=not args.no_judge, device=args.device,
                      feature_length=None if args.no_features else args.feature_length, out=out,
                      log=lambda m: print(m, file=sys.stderr), prompt=args.prompt)
     if out is None:
@@ -328,8 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--diffusion", default="code", help="the diffusion model (default: code)")
     b.add_argument("--autoregressive", default="code-ar", help="the autoregressive model (default: code-ar)")
     b.add_argument("--lengths", type=_positive, nargs="+", default=[64, 256, 1024],
-                   help="output lengths in tokens (default: 64 256 1024; lengths beyond the context are listed as "
-                        "not run)")
+                   help="output lengths in tokens (default: 64 256 1024; lengths beyond the context are generated "
+                        "by a sliding window, as Pipeline.complete_long)")
+    b.add_argument("--setting", action="append", metavar="SPEC",
+                   help="a sampler setting to run, repeatable (default: a fixed set of 8): ar:T0.8 or "
+                        "diffusion:POLICY:STEPS_PER_TOKEN:T<temperature>[:blocks<N>][:cache], e.g. "
+                        "diffusion:confidence:0.5:T0.8:blocks32:cache")
     b.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
     b.add_argument("--samples", type=_positive, default=64, help="samples per setting for quality (default 64)")
     b.add_argument("--prompt", help="the prompt of every request (default: the modality's unit opener, e.g. the "

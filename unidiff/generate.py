@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from unidiff.checkpoint import load_model
-from unidiff.data import Row, Segment, collate, encode_row
+from unidiff.data import Row, Segment, Tokens, collate, encode_row
 from unidiff.device import autocast, resolve_device, resolve_precision
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
@@ -363,6 +363,54 @@ class Pipeline:
             raise UnidiffError(f"--length must be at least 1; got {length}")
         segments.append(Segment(m.name, role="generate", length=length))
         return self.generate([segments] * num, **kwargs)
+
+    def complete_long(self, prompt: Any = None, *, length: int, modality: str | None = None, num: int = 1,
+                      condition: Any = None, overlap: int | None = None, steps_per_token: float | None = None,
+                      **kwargs) -> Generation:
+        """``num`` samples of ``length`` generated tokens, more than the context holds, by a sliding window: the
+        first window fills the context after the condition and prompt; each next one keeps the condition, gives the
+        last ``overlap`` tokens (default: half the window) and generates up to window - overlap new ones.
+
+        ``steps_per_token`` sets each window's steps in proportion to its new tokens (None: the model's default).
+        Other keyword arguments go to `generate` for every window; window ``w`` uses seed ``seed + w * num``. The
+        result counts every window's forward passes, tokens and seconds; its contents are the prompt and all new
+        tokens, decoded once.
+        """
+        m = self.modality(modality)
+        if getattr(m, "prompt_as_condition", False) or getattr(m, "grid", None) is not None:
+            raise UnidiffError(f"{m.name} samples have a fixed size: generate them with complete(), not complete_long")
+        if "steps" in kwargs:
+            raise UnidiffError("complete_long takes steps_per_token (its windows differ in length), not steps")
+        if num < 1 or length < 1:
+            raise UnidiffError(f"num and length must be at least 1; got {num}, {length}")
+        probe = encode_row(self.conditioned(condition, [Segment(m.name, role="generate", length=1)]), self.layout,
+                           self.modalities)
+        window = self.max_len - (len(probe.ids) - 1)
+        overlap = window // 2 if overlap is None else overlap
+        if not 0 <= overlap < window:
+            raise UnidiffError(f"overlap must be in [0, {window}) for this model's window of {window} tokens; "
+                               f"got {overlap}")
+        has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
+        rows = [list(m.encode(prompt)) if has_prompt else [] for _ in range(num)]
+        seed = kwargs.pop("seed", 0)
+        made, w, nfe, generated, seconds = 0, 0, [0] * num, [0] * num, 0.0
+        while made < length:
+            keep = [list(r) if w == 0 else r[len(r) - min(overlap, len(r)):] for r in rows]
+            n = min(length - made, window - max(len(k) for k in keep))
+            if n < 1:
+                raise UnidiffError(f"the prompt takes {len(keep[0])} of the model's {window}-token window, leaving "
+                                   f"no room to generate: shorten the prompt")
+            steps = {} if steps_per_token is None else {"steps": max(1, round(steps_per_token * n))}
+            samples = [self.conditioned(condition, ([Segment(m.name, Tokens(k))] if k else [])
+                                        + [Segment(m.name, role="generate", length=n)]) for k in keep]
+            gen = self.generate(samples, seed=seed + w * num, **steps, **kwargs)
+            for i, run in enumerate(gen.texts):
+                rows[i] = rows[i][:len(rows[i]) - len(keep[i])] + list(m.encode(run))
+                nfe[i] += gen.nfe[i]
+                generated[i] += gen.generated[i]
+            seconds += gen.seconds
+            made, w = made + n, w + 1
+        return Generation([[(m.name, m.decode(r))] for r in rows], nfe, generated, seconds)
 
     def caption(self, content: Any, *, modality: str | None = None, num: int = 1, length: int | None = None,
                 **kwargs) -> Generation:
