@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from unidiff.bench import Bench, Setting, distinct_4grams, run_bench
 from unidiff.cli import main
@@ -29,7 +30,7 @@ def test_bench_table_has_every_row_with_exact_forward_passes(tmp_path):
     assert nfe[("| autoregressive: AR, KV cache, T1", "1")] == 1.0  # one pass per token
     assert nfe[("| diffusion: confidence, 0.5 steps/token, T0.8, blocks of 4, cache", "2")] == 0.5  # 4 steps / 8
     for r in rows:
-        ar_bits, diff_bits, distinct = map(float, r[6:9])
+        ar_bits, diff_bits, distinct = map(float, r[8:11])
         assert 0 < ar_bits < 14 and 0 < diff_bits < 14  # bits/token below uniform over 8,257 codes (13.0)
         assert 0 < distinct <= 1
 
@@ -60,3 +61,31 @@ def test_speed_features_each_measured():
     assert any("no cache" in n for n in names)
     assert all(tps > 0 for _, _, tps, _ in rows)
     assert all("mean latency" in note for _, name, _, note in rows if "batch" in name)
+
+
+def test_flop_counter_counts_every_matrix_product_and_attention():
+    from unidiff.bench import count_flops
+
+    pipe = Bench("code", "code-ar", device="cpu").pipes["diffusion"]
+    model, L = pipe.model, 10
+    d, layers = model.cfg.d_model, model.cfg.n_layers
+    ids = torch.zeros(1, L, dtype=torch.long)
+    _, flops = count_flops(lambda: model.features(ids, torch.zeros_like(ids)))
+    # Per layer: q, k, v and out projections (4 d^2) and the MLP (2 x 4 d^2) per position, 2 FLOPs per
+    # multiply-add; attention: Q K^T and A V over L keys, 2 x 2 L d per position.
+    assert flops == layers * (L * 2 * 12 * d * d + 4 * L * L * d)
+
+
+def test_scaled_bench_is_speed_only_with_mfu(tmp_path):
+    text = run_bench("code", "code-ar", [6], [1], settings=[Setting("autoregressive", temperature=1.0)],
+                     quality_samples=4, judge=False, device="cpu", feature_length=None, log=lambda m: None,
+                     scale={"d_model": 64, "n_layers": 2, "n_heads": 2})
+    assert "Speed only: both networks are untrained" in text
+    row = next(line for line in text.splitlines() if line.startswith("| autoregressive:"))
+    cells = row.strip("| ").split(" | ")
+    assert len(cells) == 8  # no quality columns
+    flops = float(cells[6]) * 1e9
+    assert 0 < flops < 2 * (2 * 12 * 64 * 64 + 64 * 8257 + 4 * 2 * 64 * 16) * 1.01  # about 2 x params + attention
+    assert cells[7].endswith("%") and 0 < float(cells[7][:-1]) < 100
+    with pytest.raises(UnidiffError, match="--scale"):
+        Bench("code", "code-ar", device="cpu", scale={"width": 3})

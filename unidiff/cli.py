@@ -152,11 +152,23 @@ def cmd_bench(args) -> None:
     text = run_bench(args.diffusion, args.autoregressive, args.lengths, args.batches, settings=settings,
                      quality_samples=args.samples, judge=not args.no_judge, device=args.device,
                      feature_length=None if args.no_features else args.feature_length, out=out,
-                     log=lambda m: print(m, file=sys.stderr), prompt=args.prompt)
+                     log=lambda m: print(m, file=sys.stderr), prompt=args.prompt, precision=args.precision,
+                     scale=_sizes(args.scale) if args.scale else None)
     if out is None:
         print(text, end="")
     else:
         print(f"wrote {out}", file=sys.stderr)
+
+
+def _sizes(text: str) -> dict:
+    """"d_model=768,n_layers=12" -> {"d_model": 768, "n_layers": 12}."""
+    out = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise UnidiffError(f"--scale: {part!r} is not KEY=INTEGER; write e.g. d_model=768,n_layers=12,n_heads=12")
+        out[key.strip()] = int(value)
+    return out
 
 
 def cmd_plugins(args) -> None:
@@ -345,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output length of the speed features table (default 256)")
     b.add_argument("--out", help="write the table (markdown) here, updated as rows finish (default: stdout)")
     b.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    b.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="sampling precision of both models (default fp32; bf16 for GPU rows)")
+    b.add_argument("--scale", metavar="KEY=N,...",
+                   help="speed only: untrained networks of this size on the same vocabulary, e.g. "
+                        "d_model=768,n_layers=12,n_heads=12 (about 100 M parameters for code); no quality columns")
     b.set_defaults(func=cmd_bench)
 
     pl = sub.add_parser("plugins", help="list installed plugins", description=(
