@@ -125,8 +125,9 @@ class Batch:
 
 
 def edit_targets(n: int, strength: float, seed: int, offset: int) -> list[bool]:
-    """Which of an edited segment's n tokens to re-mask: strength * n of them, rounded half up, chosen by the counter-based
-    RNG (seed, and the segment's offset in its row), so the choice is reproducible and batch-independent."""
+    """Which of an edited segment's n tokens to re-mask: strength * n of them, rounded half up, chosen by the
+    counter-based RNG (seed, and the segment's offset in its row), so the choice is reproducible and
+    batch-independent."""
     k = math.floor(strength * n + 0.5)  # half rounds up: strength 0.5 of one token edits it
     u = hashed_uniform(torch.tensor(seed), 0, STREAM_EDIT, torch.arange(offset, offset + n))
     chosen = torch.zeros(n, dtype=torch.bool)

@@ -205,10 +205,10 @@ class Pipeline:
                  max_batch: int | None = None) -> Generation:
         """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
-        ``steps``, ``policy``, ``temperature``, ``remask``, ``guidance`` and ``schedule`` left as None take the model's recommended
-        sampling settings (the ``"sampling"`` entry of its config.json, chosen from measurements), else one step per
-        token, the confidence policy, temperature 1, no remasking and no guidance. A segment's own ``steps``,
-        ``policy`` or ``schedule`` override these for that segment.
+        ``steps``, ``policy``, ``temperature``, ``remask``, ``guidance`` and ``schedule`` left as None take the
+        model's recommended sampling settings (the ``"sampling"`` entry of its config.json, chosen from
+        measurements), else one step per token, the confidence policy, temperature 1, no remasking and no guidance.
+        A segment's own ``steps``, ``policy`` or ``schedule`` override these for that segment.
 
         Args:
             samples: one list of `Segment`s per output.

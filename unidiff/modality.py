@@ -2,9 +2,9 @@
 
 A modality owns a tokenizer (content <-> local ids ``0..vocab_size-1``), a default length, an output file format
 and, optionally, an output head and a 2-D layout (``grid = (rows, cols)``: its tokens fill a grid in raster order,
-and the model adds row and column embeddings to them). The engine never looks inside content: it only sees local ids, which
-`unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can rebuild
-the same modality from the options it stored (``factory(**modality.options())``).
+and the model adds row and column embeddings to them). The engine never looks inside content: it only sees local
+ids, which `unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can
+rebuild the same modality from the options it stored (``factory(**modality.options())``).
 """
 
 from __future__ import annotations

@@ -115,8 +115,8 @@ class Registry:
         def register(name: str, obj: Any, **meta: Any) -> None:
             key = (kind, name)
             if key in self.owner:
-                raise UnidiffError(f"{self.SINGULAR[kind]} {name!r} is registered by two plugins, {self.owner[key]!r} and "
-                                   f"{plugin!r}: disable one with {DISABLE_ENV}={plugin}")
+                raise UnidiffError(f"{self.SINGULAR[kind]} {name!r} is registered by two plugins, "
+                                   f"{self.owner[key]!r} and {plugin!r}: disable one with {DISABLE_ENV}={plugin}")
             self.owner[key] = plugin
             self.entries[kind][name] = (obj, meta)
             info = self.info.get(plugin)

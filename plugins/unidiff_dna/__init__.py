@@ -21,6 +21,7 @@ from unidiff_dna.metrics import reverse_complement  # noqa: F401 (part of the pl
 
 __version__ = "0.1.0"
 MODEL_DIR = Path(__file__).parent / "model"
+AR_MODEL_DIR = Path(__file__).parent / "model-ar"
 ALPHABET = "ACGTN"
 IUPAC_AMBIGUOUS = "RYSWKMBDHV"
 IUPAC_MODES = ("error", "n")
@@ -98,3 +99,5 @@ def register_datasets(register):
 @hookimpl
 def register_models(register):
     register("dna", MODEL_DIR)
+    if AR_MODEL_DIR.is_dir():  # the autoregressive twin of "dna": same network, data and budget (unidiff bench)
+        register("dna-ar", AR_MODEL_DIR)

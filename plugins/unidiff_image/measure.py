@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         samples[w] = imgs
         print(rows[-1], flush=True)
     parts.append(f"**Prompt adherence.** {n} images per class from the prompt \"a <class>\" (the model's recommended "
-                 f"sampler: {pipe.sampling['policy']}, {pipe.sampling.get('schedule', 'linear')} schedule, {pipe.sampling['steps_per_token']} steps per token), labelled by the judge; guidance 0 "
+                 f"sampler: {pipe.sampling['policy']}, {pipe.sampling.get('schedule', 'linear')} schedule, "
+                 f"{pipe.sampling['steps_per_token']} steps per token), labelled by the judge; guidance 0 "
                  f"is unconditional, 1 is the plain conditional model.\n\n" + markdown_table(
                      "| guidance | " + " | ".join(CLASSES) + " | mean |", rows))
     save()

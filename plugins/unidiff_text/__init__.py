@@ -15,6 +15,7 @@ from unidiff.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 MODEL_DIR = Path(__file__).parent / "model"
+AR_MODEL_DIR = Path(__file__).parent / "model-ar"
 
 
 class TextModality:
@@ -58,3 +59,5 @@ def register_datasets(register):
 @hookimpl
 def register_models(register):
     register("text", MODEL_DIR)
+    if AR_MODEL_DIR.is_dir():  # the autoregressive twin of "text": same network, data and budget (unidiff bench)
+        register("text-ar", AR_MODEL_DIR)

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             gen = pipe.complete(None, num=args.num, length=args.length, steps=steps, policy=policy,
                                 seed=args.seed, temperature=args.temperature, block_length=args.block_length)
             nfe = sum(gen.nfe) / len(gen.nfe)
-            print(f"| {policy or pipe.sampling['policy']} | {steps or 'default'} | {nfe:.1f} | {gen.tokens_per_second:.0f} | "
+            print(f"| {policy or pipe.sampling['policy']} | {steps or 'default'} | {nfe:.1f} | "
+                  f"{gen.tokens_per_second:.0f} | "
                   f"{word_validity(gen.texts):.3f} | {distinct_words(gen.texts):.3f} |")
 
 
