@@ -57,3 +57,15 @@ def test_bench_settings_parse():
     for bad in ("ar", "diffusion:confidence:0:T1", "diffusion:confidence:0.5:T1:blocks", "gpt:T1"):
         with pytest.raises(UnidiffError, match="bad bench setting"):
             Setting.parse(bad)
+
+
+def test_command_line_sliding_window(capsys):
+    from unidiff.cli import main
+
+    assert main(["generate", "--model", "dna", "--length", "400", "--sliding-window", "--steps", "20",
+                 "--seed", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip()) == 400 and set(out.strip()) <= set("ACGT")
+    assert "400 tokens" in err
+    assert main(["generate", "--model", "dna", "--length", "40", "--overlap", "5"]) == 2
+    assert "add --sliding-window" in capsys.readouterr().err

@@ -79,8 +79,25 @@ def _sample_command(args, call) -> None:
 
 
 def cmd_generate(args) -> None:
+    if args.sliding_window:
+        _sample_command(args, _complete_long(args))
+        return
+    if args.overlap is not None:
+        raise UnidiffError("--overlap sets the sliding window's overlap: add --sliding-window")
     _sample_command(args, lambda pipe, **kw: pipe.complete(args.prompt, modality=args.modality, num=args.num,
                                                            length=args.length, condition=args.condition, **kw))
+
+
+def _complete_long(args):
+    """`unidiff generate --sliding-window`: --length beyond the context; --steps are spread over the windows."""
+    if args.length is None:
+        raise UnidiffError("--sliding-window needs --length (the whole output, longer than the context)")
+
+    def call(pipe, steps=None, **kw):
+        spt = None if steps is None else steps / args.length
+        return pipe.complete_long(args.prompt, modality=args.modality, num=args.num, length=args.length,
+                                  condition=args.condition, overlap=args.overlap, steps_per_token=spt, **kw)
+    return call
 
 
 def cmd_caption(args) -> None:
@@ -275,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--condition", help=CONDITION_HELP)
     g.add_argument("--length", type=_positive, help="tokens to generate (default: the modality's default length, "
                                                      "cut to the model's context)")
+    g.add_argument("--sliding-window", action="store_true",
+                   help="an output longer than the model's context: each window after the first continues the last "
+                        "--overlap tokens of the one before (Pipeline.complete_long); --steps are spread over them")
+    g.add_argument("--overlap", type=int, help="tokens each window keeps from the last (default: half the window)")
     add_sampling_arguments(g)
     g.set_defaults(func=cmd_generate)
 

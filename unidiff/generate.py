@@ -32,6 +32,9 @@ from unidiff.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
 
 
+WINDOW_SEED_STRIDE = 10**6  # complete_long: window w of sample i uses seed + w * stride + i
+
+
 @dataclass
 class Generation:
     """Decoded outputs of one `Pipeline.generate` call.
@@ -372,7 +375,8 @@ class Pipeline:
         last ``overlap`` tokens (default: half the window) and generates up to window - overlap new ones.
 
         ``steps_per_token`` sets each window's steps in proportion to its new tokens (None: the model's default).
-        Other keyword arguments go to `generate` for every window; window ``w`` uses seed ``seed + w * num``. The
+        Other keyword arguments go to `generate` for every window; window ``w`` uses seed ``seed + w * 10**6``
+        (so a window never reuses another request's seeds). The
         result counts every window's forward passes, tokens and seconds; its contents are the prompt and all new
         tokens, decoded once.
         """
@@ -403,7 +407,7 @@ class Pipeline:
             steps = {} if steps_per_token is None else {"steps": max(1, round(steps_per_token * n))}
             samples = [self.conditioned(condition, ([Segment(m.name, Tokens(k))] if k else [])
                                         + [Segment(m.name, role="generate", length=n)]) for k in keep]
-            gen = self.generate(samples, seed=seed + w * num, **steps, **kwargs)
+            gen = self.generate(samples, seed=seed + w * WINDOW_SEED_STRIDE, **steps, **kwargs)
             for i, run in enumerate(gen.texts):
                 rows[i] = rows[i][:len(rows[i]) - len(keep[i])] + list(m.encode(run))
                 nfe[i] += gen.nfe[i]
