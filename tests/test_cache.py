@@ -92,3 +92,68 @@ def test_cache_refuses_models_it_cannot_serve():
     batch = collate(rows_of([("ab", 4)], layout))
     with pytest.raises(UnidiffError, match="exact cache"):
         sample(ar, batch, Confidence(), cache=True)
+
+
+def one_layer_denoiser(seed):
+    torch.manual_seed(seed)
+    layout = VocabLayout({"text": 256})
+
+    class M:
+        vocab_size = 256
+
+    model = Denoiser(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64), layout,
+                     {"text": make_head(M, 32)}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["dual", "delta"])
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_both_caches_are_exact_for_one_layer(mode, guidance):
+    """A one-layer model's keys and values depend only on each position's own token: a cache that recomputes every
+    position whose token changed (and the block) is exact, so both caches give the uncached tokens, several steps
+    per block, with and without the guidance pass."""
+    model = one_layer_denoiser(seed=7)
+    batch = collate(rows_of([("ab", 12), ("hello", 8), ("x", 12)], model.layout))
+    kw = dict(steps=[6, 8, 12], block_length=4, seeds=3, temperature=1.0, guidance=guidance)
+    plain = sample(model, batch, Confidence(), **kw)
+    cached = sample(model, batch, Confidence(), cache=mode, **kw)
+    assert torch.equal(plain.ids, cached.ids)
+    assert torch.equal(plain.nfe, cached.nfe)
+
+
+def test_delta_cache_runs_one_full_pass_and_recomputes_only_the_block_and_changes():
+    """The dual cache runs a full pass at every block's start; the delta cache only at the row's first step, after
+    which each pass covers the block plus the positions committed since the store was written."""
+    model = tiny_denoiser(seed=8)
+    batch = collate(rows_of([("ab", 12)], model.layout))  # 2 given + 12 targets: 3 blocks of 4, 2 steps each
+    widths = {}
+    for mode in ("dual", "delta"):
+        calls = []
+        features = model.features
+
+        def spy(ids, *args, span=None, **kw):
+            calls.append(ids.shape[1] if span is None else span.shape[1])
+            return features(ids, *args, span=span, **kw)
+
+        model.features = spy
+        try:
+            out = sample(model, batch, Confidence(), steps=6, block_length=4, seeds=1, temperature=0.0, cache=mode)
+        finally:
+            del model.features
+        assert not (out.ids[batch.targets] == MASK).any()
+        widths[mode] = calls
+    L = batch.ids.shape[1]
+    assert widths["dual"] == [L, 4, L, 4, L, 4]  # a full pass per block start, then the block
+    # delta: one full pass; the block (4) and, at a block's start, the previous block's last 2 commits too
+    assert widths["delta"] == [L, 4, 6, 4, 6, 4]
+
+
+def test_unknown_cache_mode_is_refused():
+    model = tiny_denoiser(seed=1)
+    batch = collate(rows_of([("ab", 4)], model.layout))
+    with pytest.raises(UnidiffError, match="unknown cache 'prefix'; use one of dual, delta"):
+        sample(model, batch, Confidence(), cache="prefix")

@@ -48,7 +48,7 @@ class Setting:
     policy: str = "confidence"
     temperature: float = 1.0
     block_length: int | None = None
-    cache: bool = False
+    cache: bool | str = False  # True or "dual", "delta" (see unidiff.kvcache)
 
     @property
     def label(self) -> str:
@@ -58,15 +58,16 @@ class Setting:
         if self.block_length:
             parts.append(f"blocks of {self.block_length}")
         if self.cache:
-            parts.append("cache")
+            parts.append("cache" if self.cache in (True, "dual") else f"{self.cache} cache")
         return ", ".join(parts)
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
         """A setting from its command-line form: ``ar:T0.8`` or ``diffusion:POLICY:STEPS_PER_TOKEN:T<temp>``
-        with optional ``:blocks<N>`` and ``:cache``, e.g. ``diffusion:confidence:0.5:T0.8:blocks32:cache``."""
+        with optional ``:blocks<N>`` and ``:cache`` (the dual cache) or ``:delta`` (the delta cache), e.g.
+        ``diffusion:confidence:0.5:T0.8:blocks32:cache``."""
         parts = text.split(":")
-        fix = ("write ar:T0.8 or diffusion:confidence:0.5:T0.8[:blocks32][:cache]")
+        fix = "write ar:T0.8 or diffusion:confidence:0.5:T0.8[:blocks32][:cache|:delta]"
         try:
             if parts[0] in ("ar", "autoregressive") and len(parts) == 2 and parts[1].startswith("T"):
                 return cls("autoregressive", temperature=float(parts[1][1:]))
@@ -75,6 +76,8 @@ class Setting:
                 for extra in parts[4:]:
                     if extra == "cache":
                         cache = True
+                    elif extra == "delta":
+                        cache = "delta"
                     elif extra.startswith("blocks"):
                         block = int(extra[len("blocks"):])
                     else:

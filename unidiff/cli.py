@@ -257,9 +257,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric", action="store_true", help="average each prediction with the model's prediction "
                                                               "on the mirrored sequence (dna: the reverse-complement "
                                                               "strand); costs a second forward pass per step")
-    p.add_argument("--cache", action="store_true", help="approximate key/value cache (diffusion models): a block's "
-                                                          "later steps compute only the block; fastest with "
-                                                          "--block-length; quality cost measured in bench/")
+    p.add_argument("--cache", nargs="?", const="dual", choices=("dual", "delta"),
+                   help="approximate key/value cache (diffusion models; fastest with --block-length; quality cost "
+                        "measured in bench/): dual (the default) refreshes it with a full pass when a block starts, "
+                        "its other steps compute only the block; delta never runs a full pass after the first, each "
+                        "step computes the block and the positions that changed")
     p.add_argument("--max-batch", type=_positive, help="generate at most this many samples at once (continuous "
                                                          "batching: a finished sample's slot goes to the next one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
@@ -366,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by a sliding window, as Pipeline.complete_long)")
     b.add_argument("--setting", action="append", metavar="SPEC",
                    help="a sampler setting to run, repeatable (default: a fixed set of 8): ar:T0.8 or "
-                        "diffusion:POLICY:STEPS_PER_TOKEN:T<temperature>[:blocks<N>][:cache], e.g. "
+                        "diffusion:POLICY:STEPS_PER_TOKEN:T<temperature>[:blocks<N>][:cache|:delta], e.g. "
                         "diffusion:confidence:0.5:T0.8:blocks32:cache")
     b.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
     b.add_argument("--samples", type=_positive, default=64, help="samples per setting for quality (default 64)")

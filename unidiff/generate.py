@@ -204,7 +204,7 @@ class Pipeline:
                  policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
                  temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str | None = None,
                  block_length: int | None = None, remask: float | None = None,
-                 guidance: float | None = None, symmetric: bool = False, cache: bool = False,
+                 guidance: float | None = None, symmetric: bool = False, cache: bool | str = False,
                  max_batch: int | None = None) -> Generation:
         """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
@@ -227,9 +227,10 @@ class Pipeline:
             symmetric: average every prediction with the model's prediction on the mirrored row, for modalities
                 that declare a mirror symmetry (DNA: the reverse-complement strand; see `unidiff.symmetry`); doubles
                 the forward passes.
-            cache: approximate key/value cache for a diffusion model (see `unidiff.sampling.sample`): a block's
-                later steps compute only the block; fastest with ``block_length``. An autoregressive model always
-                decodes with its exact cache.
+            cache: approximate key/value cache for a diffusion model (see `unidiff.kvcache`): True or "dual" (a
+                block's later steps compute only the block), "delta" (no full pass after the first: each step
+                computes the block and the positions that changed); fastest with ``block_length``. An
+                autoregressive model always decodes with its exact cache.
             max_batch: run at most this many rows at once (memory): a diffusion model serves the samples by
                 continuous batching (a finished row's slot goes to the next sample at once, `sample_stream`); an
                 autoregressive model in successive batches. The samples are the same as without it.

@@ -1,24 +1,60 @@
-"""The approximate key/value cache of the diffusion sampler (``sample(cache=True)``, Fast-dLLM's dual cache)."""
+"""The approximate key/value caches of the diffusion sampler (``sample(cache=...)``).
+
+A bidirectional denoiser has no exact cache: every position's keys and values depend on every other position.
+Two approximations, both starting each row with one full pass that stores every layer's keys and values:
+
+- ``"dual"`` (``cache=True``; Fast-dLLM's dual cache): a row's first step in each block is a full pass that
+  refreshes the store; its other steps in the block compute only the block's positions and attend to the stored
+  keys and values elsewhere (the prompt, earlier and later blocks as they stood when the block began).
+- ``"delta"``: no full pass after the first. Every step computes the current block and every position whose token
+  changed since its keys and values were stored (at a block's start: the previous block's last commits), and
+  writes what it computed back into the store. Finished blocks and the prompt are never recomputed; the still
+  masked positions after the block keep the keys and values of the last pass that computed them.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from unidiff.errors import UnidiffError
+
+CACHE_MODES = ("dual", "delta")
+
+
+def cache_mode(cache: bool | str | None) -> str | None:
+    """``sample``'s ``cache`` argument as a mode name: False/None -> None, True -> "dual"."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return "dual"
+    if cache not in CACHE_MODES:
+        raise UnidiffError(f"unknown cache {cache!r}; use one of {', '.join(CACHE_MODES)}")
+    return cache
+
 
 class KVStore:
-    """The approximate key/value cache of `sample` (``cache=True``): every layer's keys and values for each of
-    ``n`` slots (a row, or a row's unconditional pass), and whether they are current for the slot's block."""
+    """The keys and values of every layer for each of ``n`` slots (a row, or a row's unconditional pass), and
+    whether they hold a pass of the slot's current row."""
 
-    def __init__(self, n: int):
-        self.n, self.kv, self.fresh = n, None, torch.zeros(n, dtype=torch.bool)
+    def __init__(self, n: int, mode: str = "dual"):
+        self.n, self.mode, self.kv = n, mode, None
+        self.fresh = torch.zeros(n, dtype=torch.bool)
+        self.ids: torch.Tensor | None = None  # "delta": each slot's ids when its keys and values were stored
 
-    def stale(self, slots: torch.Tensor) -> None:
+    def reset(self, slots: torch.Tensor) -> None:
+        """These slots hold new rows: their next pass is a full one."""
         self.fresh[slots.cpu()] = False
+
+    def block_done(self, slots: torch.Tensor) -> None:
+        """These slots move on to a new block: the dual cache refreshes them with a full pass."""
+        if self.mode == "dual":
+            self.reset(slots)
 
     def features(self, model, slots: torch.Tensor, block: torch.Tensor, ids, modality, positions,
                  pad_mask, hole=None) -> torch.Tensor:
-        """(b, L, d) features of these slots' rows: a full pass (that refills the store) for slots whose block has
-        just begun, the ``block`` positions only (the rest of the state left zero) for the others."""
+        """(b, L, d) features of these slots' rows: a full pass (that refills the store) for slots that need one,
+        the ``block`` positions (and, for "delta", the positions whose ids changed) for the others, the rest of
+        the state left zero."""
         b, L = ids.shape
         fresh = self.fresh[slots.cpu()]
         h = None
@@ -31,22 +67,33 @@ class KVStore:
             h[full] = hf
             if self.kv is None:
                 self.kv = [{name: t.new_zeros((self.n,) + t.shape[1:]) for name, t in layer.items()} for layer in kv]
+                self.ids = ids.new_zeros((self.n, L))
             at = slots[full.to(slots.device)]
-            for store, layer in zip(self.kv, kv):
-                for name in ("k", "v"):
-                    store[name][at] = layer[name].to(store[name].dtype)
+            self._put(at, kv, ids[full])
             self.fresh[at.cpu()] = True
         if len(part):
+            at = slots[part.to(slots.device)]
             sel = block[part]
+            if self.mode == "delta":
+                sel = sel | (ids[part] != self.ids[at])
             n = int(sel.sum(1).max())
-            # Each row's block positions first (stable), then other positions to fill n: computing a few extra
+            # Each row's selected positions first (stable), then other positions to fill n: computing a few extra
             # positions afresh is harmless.
             span = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :n]
-            at = slots[part.to(slots.device)]
             kv = [{name: store[name][at] for name in ("k", "v")} for store in self.kv]
             hp = model.features(ids[part], modality[part], positions[part], pad_mask[part], kv=kv, span=span,
                                 **hole_of(part))
+            if self.mode == "delta":  # the pass left every layer's keys and values, fresh at the span, in kv
+                self._put(at, kv, ids[part])
             if h is None:
                 h = hp.new_zeros(b, L, hp.shape[-1])
             h[part] = h[part].scatter(1, span.unsqueeze(-1).expand(-1, -1, hp.shape[-1]), hp)
         return h
+
+    def _put(self, at: torch.Tensor, kv: list[dict], ids: torch.Tensor) -> None:
+        if ids.shape[1] != self.ids.shape[1]:
+            raise UnidiffError("the cache's rows changed width: start a new sampler")
+        for store, layer in zip(self.kv, kv):
+            for name in ("k", "v"):
+                store[name][at] = layer[name].to(store[name].dtype)
+        self.ids[at] = ids

@@ -111,6 +111,7 @@ class Attention(nn.Module):
                 at = span[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
                 k = kv["k"].to(k.dtype).scatter(2, at, k)
                 v = kv["v"].to(v.dtype).scatter(2, at, v)
+                kv["k"], kv["v"] = k, v  # the caller may keep them (the sampler's "delta" cache)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, L, D))

@@ -44,7 +44,7 @@ from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
 from unidiff.policies import Policy, StepContext, quantise_prob, top_n
 from unidiff.rng import STREAM_POLICY, STREAM_REMASK, STREAM_TOKEN, hashed_uniform
-from unidiff.kvcache import KVStore
+from unidiff.kvcache import KVStore, cache_mode
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
 
@@ -156,7 +156,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
            seeds: int | Sequence[int] | torch.Tensor = 0, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, schedule: Schedule | str = "linear", amp_dtype: torch.dtype | None = None,
            block_length: int | None = None, remask: float = 0.0, guidance: float = 1.0,
-           groups: Sequence[GroupSpec] = (), cache: bool = False,
+           groups: Sequence[GroupSpec] = (), cache: bool | str = False,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SampleOutput:
     """Generate the target positions of ``batch``.
 
@@ -182,8 +182,10 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             runs the whole row and keeps every layer's keys and values; its other steps in that block compute only
             the block's positions, attending to the kept keys and values elsewhere (the prompt, earlier and later
             blocks as they stood when the block began). With ``block_length`` a step then costs about
-            block_length / L of a full pass; without, only the given positions are cached. Not exact: its quality
-            cost is measured in bench/.
+            block_length / L of a full pass; without, only the given positions are cached. ``cache="delta"``
+            never runs a full pass after the first: each step computes the block and the positions whose tokens
+            changed since they were stored, and stores them (see `unidiff.kvcache`). Neither is exact: their
+            quality cost is measured in bench/.
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
     """
@@ -223,7 +225,7 @@ class Sampler:
     def __init__(self, model: Denoiser, policy: Policy, slots: int, width: int, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, schedule: Schedule | str = "linear",
                  amp_dtype: torch.dtype | None = None, block_length: int | None = None, remask: float = 0.0,
-                 guidance: float = 1.0, groups: Sequence[GroupSpec] = (), cache: bool = False):
+                 guidance: float = 1.0, groups: Sequence[GroupSpec] = (), cache: bool | str = False):
         if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
             raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got "
                                f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
@@ -266,7 +268,8 @@ class Sampler:
         if cache and model.cfg.kind != "diffusion":
             raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
                                "decodes with its exact cache (sample_causal)")
-        self.store = KVStore(self.passes * slots) if cache else None
+        mode = cache_mode(cache)
+        self.store = KVStore(self.passes * slots, mode) if mode else None
         S, L = slots, width
         zeros = lambda dtype: torch.zeros((S, L), dtype=dtype, device=device)  # noqa: E731
         self.x, self.modality, self.positions = zeros(torch.long), zeros(torch.long), zeros(torch.long)
@@ -336,7 +339,7 @@ class Sampler:
         self.k0[slots] = self.k
         self.active[slots] = True
         if self.store is not None:
-            self.store.stale(torch.cat([slots + j * self.S for j in range(self.passes)]))
+            self.store.reset(torch.cat([slots + j * self.S for j in range(self.passes)]))
 
     def finished(self) -> torch.Tensor:
         """The active slots with nothing left to generate."""
@@ -481,8 +484,8 @@ class Sampler:
         done = live & ((step_inst & last) | (still == 0))
         self.cur[i_row, i_spec] = current + done.long()
         self.loc[i_row, i_spec] = torch.where(done, 0, torch.where(live, local + 1, local))
-        if self.store is not None and done.any():  # a row that moves on to a new block refreshes its cache first
-            self.store.stale(torch.cat([i_row[done] + j * B for j in range(passes)]))
+        if self.store is not None and done.any():  # a row that moves on to a new block (the dual cache refreshes)
+            self.store.block_done(torch.cat([i_row[done] + j * B for j in range(passes)]))
         self.k += 1
         return rows
 
