@@ -126,10 +126,11 @@ def test_both_caches_are_exact_for_one_layer(mode, guidance):
 
 
 def test_delta_cache_runs_one_full_pass_and_recomputes_only_the_block_and_changes():
-    """The dual cache runs a full pass at every block's start; the delta cache only at the row's first step, after
-    which each pass covers the block plus the positions committed since the store was written."""
+    """The dual cache runs a full pass at every block's start, then computes the whole block; the delta cache runs
+    one only at the row's first step, after which each pass covers the block's masked positions plus the positions
+    committed since the store was written."""
     model = tiny_denoiser(seed=8)
-    batch = collate(rows_of([("ab", 12)], model.layout))  # 2 given + 12 targets: 3 blocks of 4, 2 steps each
+    batch = collate(rows_of([("ab", 12)], model.layout))  # 2 given + 12 targets: 3 blocks of 4, 4 steps each
     widths = {}
     for mode in ("dual", "delta"):
         calls = []
@@ -141,15 +142,16 @@ def test_delta_cache_runs_one_full_pass_and_recomputes_only_the_block_and_change
 
         model.features = spy
         try:
-            out = sample(model, batch, Confidence(), steps=6, block_length=4, seeds=1, temperature=0.0, cache=mode)
+            out = sample(model, batch, Confidence(), steps=12, block_length=4, seeds=1, temperature=0.0, cache=mode)
         finally:
             del model.features
         assert not (out.ids[batch.targets] == MASK).any()
         widths[mode] = calls
     L = batch.ids.shape[1]
-    assert widths["dual"] == [L, 4, L, 4, L, 4]  # a full pass per block start, then the block
-    # delta: one full pass; the block (4) and, at a block's start, the previous block's last 2 commits too
-    assert widths["delta"] == [L, 4, 6, 4, 6, 4]
+    assert widths["dual"] == [L, 4, 4, 4] * 3  # a full pass per block start, then the block
+    # delta: one full pass, then the masked positions of the block (3, 2, 1; at a block's start 4) and the one
+    # position committed by the step before
+    assert widths["delta"] == [L, 4, 3, 2, 5, 4, 3, 2, 5, 4, 3, 2]
 
 
 def test_unknown_cache_mode_is_refused():

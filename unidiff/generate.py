@@ -262,7 +262,7 @@ class Pipeline:
         else:
             settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
                             amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
-                            groups=specs, cache=cache and self.model.cfg.kind == "diffusion")
+                            groups=specs, cache=cache if self.model.cfg.kind == "diffusion" else False)
             batch = collate(rows, groups if specs else None)
             if max_batch is not None and max_batch < len(rows):  # continuous batching in max_batch slots
                 out = sample_stream(model, batch, pol, max_batch, steps=steps, seeds=seed, **settings)

@@ -6,10 +6,10 @@ Two approximations, both starting each row with one full pass that stores every 
 - ``"dual"`` (``cache=True``; Fast-dLLM's dual cache): a row's first step in each block is a full pass that
   refreshes the store; its other steps in the block compute only the block's positions and attend to the stored
   keys and values elsewhere (the prompt, earlier and later blocks as they stood when the block began).
-- ``"delta"``: no full pass after the first. Every step computes the current block and every position whose token
-  changed since its keys and values were stored (at a block's start: the previous block's last commits), and
-  writes what it computed back into the store. Finished blocks and the prompt are never recomputed; the still
-  masked positions after the block keep the keys and values of the last pass that computed them.
+- ``"delta"``: no full pass after the first. Every step computes the block's masked positions and every position
+  whose token changed since its keys and values were stored (the last step's commits), and writes what it
+  computed back into the store. Finished blocks and the prompt are never recomputed; the still masked positions
+  after the block keep the keys and values of the last pass that computed them.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class KVStore:
     def features(self, model, slots: torch.Tensor, block: torch.Tensor, ids, modality, positions,
                  pad_mask, hole=None) -> torch.Tensor:
         """(b, L, d) features of these slots' rows: a full pass (that refills the store) for slots that need one,
-        the ``block`` positions (and, for "delta", the positions whose ids changed) for the others, the rest of
-        the state left zero."""
+        the ``block`` positions (the caller's; for "delta" also the positions whose ids changed since stored) for
+        the others, the rest of the state left zero."""
         b, L = ids.shape
         fresh = self.fresh[slots.cpu()]
         h = None

@@ -437,6 +437,10 @@ class Sampler:
             blank = blank_ok[rows][where] if blank_ok is not None else None
             hole = {} if blank_ok is None else {"hole": blank_ok[rows].repeat(passes, 1)}
             store = self.store
+            # The positions a cached pass must compute: the dual cache's store holds the block as it stood at the
+            # block's start, so all of it; the delta cache's holds every position as last computed, so the masked
+            # ones (whose states the step reads) and, added by the store, those that changed since.
+            need = None if store is None else (mb if store.mode == "delta" else in_block)
             with autocast(device, self.amp_dtype):
                 if passes == 2:  # the unconditional pass hides the conditioning positions from attention
                     hidden = torch.cat([self.pad_mask[rows], self.pad_mask[rows] | self.condition[rows]])
@@ -444,7 +448,7 @@ class Sampler:
                     if store is None:
                         h = model.features(*args, **hole)
                     else:
-                        h = store.features(model, torch.cat([rows, rows + B]), in_block[rows].repeat(2, 1), *args,
+                        h = store.features(model, torch.cat([rows, rows + B]), need[rows].repeat(2, 1), *args,
                                            **hole)
                     lc = _logits(model, h[:len(rows)][where], mods[where], blank).float()
                     lu = _logits(model, h[len(rows):][where], mods[where], blank).float()
@@ -452,7 +456,7 @@ class Sampler:
                 else:
                     args = (xa, mods, self.positions[rows], self.pad_mask[rows])
                     h = model.features(*args, **hole) if store is None else \
-                        store.features(model, rows, in_block[rows], *args, **hole)
+                        store.features(model, rows, need[rows], *args, **hole)
                     logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
             probs = logits.softmax(-1)  # (n_masked, V), float32
             u = hashed_uniform(self.seeds[rows][where[0]], k_row[rows, 0][where[0]], STREAM_TOKEN, where[1])
