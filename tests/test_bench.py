@@ -56,7 +56,8 @@ def test_speed_features_each_measured():
     bench = Bench("code", "code-ar", device="cpu")
     rows = features(bench, 8, 2, block=4, compile=False)
     names = [name for _, name, _, _ in rows]
-    assert any("approximate cache" in n for n in names) and any("int8" in n for n in names)
+    assert any("dual cache" in n for n in names) and any("delta cache" in n for n in names)
+    assert any("int8" in n for n in names)
     assert any(n.startswith("continuous batching") for n in names) and any(n.startswith("static") for n in names)
     assert any("no cache" in n for n in names)
     assert all(tps > 0 for _, _, tps, _ in rows)

@@ -13,8 +13,8 @@ based randomness), so each setting's quality is measured once, on the samples of
 - ``distinct``: distinct 4-grams over all 4-grams of a sample, averaged (low: repetitive, degenerate text).
 
 The speed features are measured on their own against a plain baseline (`features`): the autoregressive key/value
-cache, the diffusion sampler's approximate cache, bf16 autocast, int8 linear layers, ``torch.compile``, and
-continuous batching against static batches on a workload of mixed lengths.
+cache, the diffusion sampler's approximate caches (dual and delta), bf16 autocast, int8 linear layers,
+``torch.compile``, and continuous batching against static batches on a workload of mixed lengths.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ DEFAULT_SETTINGS = (
     Setting("diffusion", 0.25, "ancestral", 1.0),
     Setting("diffusion", 0.5, "confidence", 0.8, block_length=32),
     Setting("diffusion", 0.5, "confidence", 0.8, block_length=32, cache=True),
+    Setting("diffusion", 0.5, "confidence", 0.8, block_length=32, cache="delta"),
+    Setting("diffusion", 0.25, "confidence", 0.8, block_length=32, cache="delta"),
 )
 
 
@@ -347,9 +349,11 @@ def features(bench: Bench, length: int, batch: int, steps_per_token: float = 0.5
     out.append(("diffusion", f"baseline: fp32, {steps} steps, one block", plain, ""))
     blocks = rate(d, block_length=block, **base)
     out.append(("diffusion", f"blocks of {block}, no cache", blocks, ""))
-    out.append(("diffusion", f"blocks of {block} + approximate cache", rate(d, block_length=block, cache=True,
+    out.append(("diffusion", f"blocks of {block} + dual cache", rate(d, block_length=block, cache=True,
                                                                           **base), f"vs blocks of {block}"))
-    out.append(("diffusion", "approximate cache, one block (prompt only)", rate(d, cache=True, **base), ""))
+    out.append(("diffusion", f"blocks of {block} + delta cache", rate(d, block_length=block, cache="delta", **base),
+                f"vs blocks of {block}"))
+    out.append(("diffusion", "dual cache, one block (prompt only)", rate(d, cache=True, **base), ""))
     for name, precision in (("bf16 autocast", torch.bfloat16),):
         saved = d.amp_dtype
         d.amp_dtype = precision
