@@ -108,3 +108,11 @@ def test_dna_twins_are_the_same_network_and_the_ar_twin_beats_uniform():
     # Real DNA: both models need fewer than the 2 bits/base of a uniform guess (the AR twin's held-out NLL is 1.905).
     assert score(bench.pipes["autoregressive"], [seq]) < 2.0
     assert score(bench.pipes["diffusion"], [seq]) < 2.0
+
+
+def test_bench_table_names_its_command(tmp_path):
+    out = tmp_path / "t.md"
+    assert main(["bench", "--lengths", "4", "--batches", "1", "--samples", "1", "--no-judge", "--no-features",
+                 "--device", "cpu", "--setting", "ar:T1", "--out", str(out)]) == 0
+    assert f"Command: `unidiff bench --lengths 4 --batches 1 --samples 1 --no-judge --no-features --device cpu " \
+           f"--setting ar:T1 --out {out}`." in out.read_text()

@@ -427,12 +427,12 @@ def _ar_uncached(bench: Bench, length: int, batch: int) -> float:
     return batch * length / out.seconds
 
 
-def table(rows: list[Row], feats, bench: Bench, peak: float | None = None) -> str:
+def table(rows: list[Row], feats, bench: Bench, peak: float | None = None, command: str | None = None) -> str:
     names = bench.names
     lines = [f"# Diffusion vs autoregressive generation: {names['diffusion']} vs {names['autoregressive']}", "",
              f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "
              f"Device: {next(bench.pipes['diffusion'].model.parameters()).device}. "
-             f"Precision: {bench.precision}.", "",
+             f"Precision: {bench.precision}." + (f" Command: `{command}`." if command else ""), "",
              f"Diffusion model `{names['diffusion']}`: {bench.pipes['diffusion'].model.num_params() / 1e6:.2f} M "
              f"parameters; autoregressive model `{names['autoregressive']}`: "
              f"{bench.pipes['autoregressive'].model.num_params() / 1e6:.2f} M (same network, data and training "
@@ -476,7 +476,7 @@ def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: 
               settings: list[Setting] | None = None, quality_samples: int = 64, judge: bool = True,
               device: str = "auto", feature_length: int | None = 256, feature_batch: int = 8,
               out: Path | None = None, log=print, prompt: str | None = None, precision: str = "fp32",
-              scale: dict | None = None) -> str:
+              scale: dict | None = None, command: str | None = None) -> str:
     bench = Bench(diffusion, autoregressive, device=device, prompt=prompt, precision=precision, scale=scale)
     dev = next(bench.pipes["diffusion"].model.parameters()).device
     peak = peak_flops(dev, bench.pipes["diffusion"].amp_dtype or torch.float32)
@@ -496,11 +496,11 @@ def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: 
                 + ", ".join(f"b{r.batch} {r.tokens_per_s:.1f} tok/s" for r in rows[-len(batches):])
                 + f"; {rows[-1].quality}; {time.perf_counter() - t0:.0f} s")
             if out is not None:
-                _write(out, table(rows, feats, bench, peak))
+                _write(out, table(rows, feats, bench, peak, command))
     if feature_length:
         fl = min(feature_length, bench.max_length())
         feats = (fl, feature_batch, features(bench, fl, feature_batch))
-    text = table(rows, feats, bench, peak)
+    text = table(rows, feats, bench, peak, command)
     if out is not None:
         _write(out, text)
     return text

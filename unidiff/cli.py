@@ -7,6 +7,7 @@ traceback; generated content goes to stdout (or ``--out``), reports go to stderr
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -170,7 +171,8 @@ def cmd_bench(args) -> None:
                      quality_samples=args.samples, judge=not args.no_judge, device=args.device,
                      feature_length=None if args.no_features else args.feature_length, out=out,
                      log=lambda m: print(m, file=sys.stderr), prompt=args.prompt, precision=args.precision,
-                     scale=_sizes(args.scale) if args.scale else None)
+                     scale=_sizes(args.scale) if args.scale else None,
+                     command="unidiff " + " ".join(shlex.quote(a) for a in args.argv))
     if out is None:
         print(text, end="")
     else:
@@ -400,6 +402,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning  # e.g. a broken plugin: one line, not a source listing
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args.func(args)
     except UnidiffError as e:
