@@ -159,3 +159,19 @@ def test_unknown_cache_mode_is_refused():
     batch = collate(rows_of([("ab", 4)], model.layout))
     with pytest.raises(UnidiffError, match="unknown cache 'prefix'; use one of dual, delta"):
         sample(model, batch, Confidence(), cache="prefix")
+
+
+@pytest.mark.parametrize("mode", ["dual", "delta"])
+def test_cached_rows_do_not_depend_on_their_batch(mode):
+    """A request gets the same tokens alone as in a batch (rows of different lengths need different numbers of
+    positions computed per step; the shorter ones must not compute, or store, anything their batch-mates impose)."""
+    model = tiny_denoiser(seed=9)
+    requests = [("ab", 12), ("hello", 8), ("x", 12), ("abc", 7)]
+    kw = dict(block_length=4, temperature=1.0, cache=mode)
+    steps = [6, 8, 12, 5]
+    together = sample(model, collate(rows_of(requests, model.layout)), Confidence(), steps=steps, seeds=3, **kw)
+    for i, request in enumerate(requests):
+        alone = sample(model, collate(rows_of([request], model.layout)), Confidence(), steps=steps[i],
+                       seeds=3 + i, **kw)
+        n = alone.ids.shape[1]
+        assert torch.equal(alone.ids[0], together.ids[i, :n]), f"request {i}"

@@ -76,19 +76,32 @@ class KVStore:
             sel = block[part]
             if self.mode == "delta":
                 sel = sel | (ids[part] != self.ids[at])
-            n = int(sel.sum(1).max())
-            # Each row's selected positions first (stable), then other positions to fill n: computing a few extra
-            # positions afresh is harmless.
-            span = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :n]
+            counts = sel.sum(1)
+            n = int(counts.max())
+            # Each row's selected positions first (stable); a row with fewer repeats its first one to fill n, so
+            # that what a row computes (and stores) never depends on its batch-mates.
+            order = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :n]
+            j = torch.arange(n, device=order.device)
+            span = torch.where(j < counts.unsqueeze(1), order, order[:, :1])
             kv = [{name: store[name][at] for name in ("k", "v")} for store in self.kv]
             hp = model.features(ids[part], modality[part], positions[part], pad_mask[part], kv=kv, span=span,
                                 **hole_of(part))
             if self.mode == "delta":  # the pass left every layer's keys and values, fresh at the span, in kv
-                self._put(at, kv, ids[part])
+                self._put_span(at, span, kv, ids[part])
             if h is None:
                 h = hp.new_zeros(b, L, hp.shape[-1])
             h[part] = h[part].scatter(1, span.unsqueeze(-1).expand(-1, -1, hp.shape[-1]), hp)
         return h
+
+    def _put_span(self, at: torch.Tensor, span: torch.Tensor, kv: list[dict], ids: torch.Tensor) -> None:
+        """Store the keys and values at the ``span`` positions of these slots (the rest of the store is as it was)."""
+        rows = at.unsqueeze(1)  # (b, 1) with span (b, n): the store's (b, n, H, hd) entries
+        for store, layer in zip(self.kv, kv):
+            for name in ("k", "v"):
+                t = layer[name]
+                fresh = t.gather(2, span[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+                store[name][rows, :, span] = fresh.transpose(1, 2).to(store[name].dtype)
+        self.ids[rows, span] = ids.gather(1, span)
 
     def _put(self, at: torch.Tensor, kv: list[dict], ids: torch.Tensor) -> None:
         if ids.shape[1] != self.ids.shape[1]:

@@ -195,9 +195,10 @@ class Denoiser(nn.Module):
         Approximate key/value caching (a bidirectional model, Fast-dLLM's "dual cache"): with ``kv`` (one dict per
         layer) and no ``span``, the pass also stores every layer's keys and values there; with ``span`` ((B, n)
         position indices) it computes those n positions only, as (B, n, d_model), attending to the stored keys and
-        values of every other position. Exact only while the other positions are unchanged since they were stored:
-        the sampler refreshes the store when a block starts, so the cost is that a block's steps see the rest of
-        the row as it stood at the block's start (measured in bench/).
+        values of every other position, and leaves in ``kv`` each layer's keys and values with the span's fresh
+        ones scattered in (the caller may store them: the sampler's delta cache does). Exact only while the other
+        positions are unchanged since they were stored (see `unidiff.kvcache` for the sampler's two policies; their
+        cost is measured in bench/).
         """
         B, L = ids.shape
         if positions is None:
