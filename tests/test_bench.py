@@ -90,6 +90,8 @@ def test_scaled_bench_is_speed_only_with_mfu(tmp_path):
     assert cells[7].endswith("%") and 0 < float(cells[7][:-1]) < 100
     with pytest.raises(UnidiffError, match="--scale"):
         Bench("code", "code-ar", device="cpu", scale={"width": 3})
+    with pytest.raises(UnidiffError, match="--scale"):
+        Bench("code", "code-ar", device="cpu", scale={"d_model": 100, "n_heads": 3})
 
 
 def test_dna_twins_are_the_same_network_and_the_ar_twin_beats_uniform():

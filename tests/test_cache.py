@@ -175,3 +175,16 @@ def test_cached_rows_do_not_depend_on_their_batch(mode):
                        seeds=3 + i, **kw)
         n = alone.ids.shape[1]
         assert torch.equal(alone.ids[0], together.ids[i, :n]), f"request {i}"
+
+
+def test_command_line_cache_options(capsys):
+    from unidiff.cli import main
+    from unidiff.generate import Pipeline
+
+    assert main(["infill", "--model", "text", "--cache", "ab <mask:3> cd", "--steps", "3"]) == 0  # a flag
+    assert capsys.readouterr().out.startswith("ab ")
+    args = ["generate", "--model", "text", "--length", "16", "--block-length", "8", "--steps", "4", "--seed", "4"]
+    assert main(args + ["--cache-mode", "delta"]) == 0
+    out = capsys.readouterr().out
+    want = Pipeline.load("text").complete(None, length=16, block_length=8, steps=4, seed=4, cache="delta").texts[0]
+    assert out == want + "\n"

@@ -54,7 +54,8 @@ def test_bench_settings_parse():
     assert Setting.parse("ar:T0.8") == Setting("autoregressive", temperature=0.8)
     assert Setting.parse("diffusion:ancestral:0.25:T1:blocks32:cache") == Setting(
         "diffusion", 0.25, "ancestral", 1.0, block_length=32, cache=True)
-    for bad in ("ar", "diffusion:confidence:0:T1", "diffusion:confidence:0.5:T1:blocks", "gpt:T1"):
+    for bad in ("ar", "diffusion:confidence:0:T1", "diffusion:confidence:0.5:T1:blocks", "gpt:T1",
+                "diffusion:confidence:nan:T1", "diffusion:confidence:0.5:T1:cache:delta"):
         with pytest.raises(UnidiffError, match="bad bench setting"):
             Setting.parse(bad)
 
@@ -69,3 +70,17 @@ def test_command_line_sliding_window(capsys):
     assert "400 tokens" in err
     assert main(["generate", "--model", "dna", "--length", "40", "--overlap", "5"]) == 2
     assert "add --sliding-window" in capsys.readouterr().err
+
+
+def test_windows_carry_ids_and_keep_a_same_modality_condition_out_of_the_output(text):
+    # The text model's condition is text too ("<hamlet>\n" before the row): it is given again in every window but
+    # must appear in no output; a byte cut mid-character at a window's edge must survive (ids, not decoded text).
+    cond, prompt = "<hamlet>\n", "ROMEO.\n"
+    window = 256 - len(cond)
+    first = text.complete(prompt, condition=cond, length=window - len(prompt), steps=24, seed=5, guidance=1.0)
+    out = text.complete_long(prompt, condition=cond, length=400, steps_per_token=0.1, seed=5, guidance=1.0)
+    assert first.texts[0].startswith(cond)  # complete(): one run of text, condition first
+    assert out.texts[0].startswith(first.texts[0][len(cond):])
+    assert cond not in out.texts[0]
+    assert len(out.tokens[0]) == 400 and out.generated == [400]
+    assert text.modality(None).decode(text.modality(None).encode(prompt) + out.tokens[0]) == out.texts[0]

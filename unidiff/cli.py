@@ -44,7 +44,7 @@ def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
                 schedule=args.schedule, remask=args.remask, guidance=args.guidance, symmetric=args.symmetric,
-                cache=args.cache, max_batch=args.max_batch)
+                cache=args.cache_mode or args.cache, max_batch=args.max_batch)
 
 
 def emit(gen, modality, args) -> None:
@@ -259,11 +259,13 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetric", action="store_true", help="average each prediction with the model's prediction "
                                                               "on the mirrored sequence (dna: the reverse-complement "
                                                               "strand); costs a second forward pass per step")
-    p.add_argument("--cache", nargs="?", const="dual", choices=("dual", "delta"),
+    p.add_argument("--cache", action="store_true",
                    help="approximate key/value cache (diffusion models; fastest with --block-length; quality cost "
-                        "measured in bench/): dual (the default) refreshes it with a full pass when a block starts, "
-                        "its other steps compute only the block; delta never runs a full pass after the first, each "
-                        "step computes the block and the positions that changed")
+                        "measured in bench/): a full pass when a block starts, its other steps compute only the "
+                        "block (Fast-dLLM's dual cache)")
+    p.add_argument("--cache-mode", choices=("dual", "delta"),
+                   help="the cache's policy (implies --cache): dual (as --cache), or delta: no full pass after the "
+                        "first, each step computes the block's masked positions and the tokens committed since")
     p.add_argument("--max-batch", type=_positive, help="generate at most this many samples at once (continuous "
                                                          "batching: a finished sample's slot goes to the next one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
@@ -369,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output lengths in tokens (default: 64 256 1024; lengths beyond the context are generated "
                         "by a sliding window, as Pipeline.complete_long)")
     b.add_argument("--setting", action="append", metavar="SPEC",
-                   help="a sampler setting to run, repeatable (default: a fixed set of 8): ar:T0.8 or "
+                   help="a sampler setting to run, repeatable (default: a fixed set of 10): ar:T0.8 or "
                         "diffusion:POLICY:STEPS_PER_TOKEN:T<temperature>[:blocks<N>][:cache|:delta], e.g. "
                         "diffusion:confidence:0.5:T0.8:blocks32:cache")
     b.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")

@@ -43,12 +43,15 @@ class Generation:
     nfe: per row, the forward passes it took.
     generated: per row, the number of generated tokens.
     seconds: wall time of the sampling loop.
+    tokens: per row, the local ids of its generated (and edited) segments, in order, BLANK dropped: what a
+        follow-up request can give back without decoding and re-encoding.
     """
 
     samples: list[list[tuple[str, Any]]]
     nfe: list[int]
     generated: list[int]
     seconds: float
+    tokens: list[list[int]] | None = None  # per row, the local ids of its generated segments, in order
 
     @property
     def tokens_per_second(self) -> float:
@@ -271,7 +274,18 @@ class Pipeline:
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
         nfe = (out.nfe * (2 if symmetric else 1) + extra_nfe).tolist()
-        return Generation(decoded, nfe, out.generated.tolist(), out.seconds)
+        return Generation(decoded, nfe, out.generated.tolist(), out.seconds,
+                          [self._generated_tokens(ids[b], r) for b, r in enumerate(rows)])
+
+    def _generated_tokens(self, ids: torch.Tensor, row: Row) -> list[int]:
+        out: list[int] = []
+        for name, start, stop, generated in row.spans:
+            if generated:
+                part = ids[start:stop]
+                if self.layout.has_blank:
+                    part = part[part != self.layout.blank]
+                out += self.layout.to_local(name, part).tolist()
+        return out
 
     def _groups(self, samples, rows) -> tuple[list[GroupSpec], list[torch.Tensor]]:
         """The sampling groups of segments that carry their own steps, policy or schedule."""
@@ -368,6 +382,13 @@ class Pipeline:
         segments.append(Segment(m.name, role="generate", length=length))
         return self.generate([segments] * num, **kwargs)
 
+    def window(self, condition: Any = None, modality: str | None = None) -> int:
+        """The most tokens of ``modality`` (prompt and generated together) one row holds after the condition."""
+        m = self.modality(modality)
+        probe = encode_row(self.conditioned(condition, [Segment(m.name, role="generate", length=1)]), self.layout,
+                           self.modalities)
+        return self.max_len - (len(probe.ids) - 1)
+
     def complete_long(self, prompt: Any = None, *, length: int, modality: str | None = None, num: int = 1,
                       condition: Any = None, overlap: int | None = None, steps_per_token: float | None = None,
                       **kwargs) -> Generation:
@@ -384,13 +405,11 @@ class Pipeline:
         m = self.modality(modality)
         if getattr(m, "prompt_as_condition", False) or getattr(m, "grid", None) is not None:
             raise UnidiffError(f"{m.name} samples have a fixed size: generate them with complete(), not complete_long")
-        if "steps" in kwargs:
+        if kwargs.pop("steps", None) is not None:
             raise UnidiffError("complete_long takes steps_per_token (its windows differ in length), not steps")
         if num < 1 or length < 1:
             raise UnidiffError(f"num and length must be at least 1; got {num}, {length}")
-        probe = encode_row(self.conditioned(condition, [Segment(m.name, role="generate", length=1)]), self.layout,
-                           self.modalities)
-        window = self.max_len - (len(probe.ids) - 1)
+        window = self.window(condition, m.name)
         overlap = window // 2 if overlap is None else overlap
         if not 0 <= overlap < window:
             raise UnidiffError(f"overlap must be in [0, {window}) for this model's window of {window} tokens; "
@@ -409,13 +428,14 @@ class Pipeline:
             samples = [self.conditioned(condition, ([Segment(m.name, Tokens(k))] if k else [])
                                         + [Segment(m.name, role="generate", length=n)]) for k in keep]
             gen = self.generate(samples, seed=seed + w * WINDOW_SEED_STRIDE, **steps, **kwargs)
-            for i, run in enumerate(gen.texts):
-                rows[i] = rows[i][:len(rows[i]) - len(keep[i])] + list(m.encode(run))
+            for i, new in enumerate(gen.tokens):
+                rows[i] = rows[i] + new  # ids, not decoded text: nothing is lost or re-tokenized between windows
                 nfe[i] += gen.nfe[i]
                 generated[i] += gen.generated[i]
             seconds += gen.seconds
             made, w = made + n, w + 1
-        return Generation([[(m.name, m.decode(r))] for r in rows], nfe, generated, seconds)
+        start = len(m.encode(prompt)) if has_prompt else 0
+        return Generation([[(m.name, m.decode(r))] for r in rows], nfe, generated, seconds, [r[start:] for r in rows])
 
     def caption(self, content: Any, *, modality: str | None = None, num: int = 1, length: int | None = None,
                 **kwargs) -> Generation:
