@@ -51,13 +51,17 @@ def test_span_pass_sees_the_stored_state_elsewhere():
 def test_one_step_per_block_is_exact(guidance):
     """With one step per block every step starts a block, so every pass is a full one: the cached sampler gives
     the uncached sampler's tokens exactly (with and without the guidance pass)."""
-    model = tiny_denoiser(seed=5)
+    assert_cache_exact(tiny_denoiser(seed=5), True, steps=[3, 2, 3], seeds=11, guidance=guidance)
+
+
+def assert_cache_exact(model, cache, **kw):
+    """The cached sampler gives the uncached sampler's tokens and forward passes, on three rows in blocks of 4."""
     batch = collate(rows_of([("ab", 12), ("hello", 8), ("x", 12)], model.layout))
-    kw = dict(steps=[3, 2, 3], block_length=4, seeds=11, temperature=1.0, guidance=guidance)
+    kw = dict(block_length=4, temperature=1.0, **kw)
     plain = sample(model, batch, Confidence(), **kw)
-    cached = sample(model, batch, Confidence(), cache=True, **kw)
+    cached = sample(model, batch, Confidence(), cache=cache, **kw)
     assert torch.equal(plain.ids, cached.ids)
-    assert torch.equal(plain.nfe, cached.nfe)  # 3, 2, 3 passes (times 2 with guidance)
+    assert torch.equal(plain.nfe, cached.nfe)
 
 
 def test_cached_sampling_fills_every_target_and_keeps_the_prompt():
@@ -94,35 +98,13 @@ def test_cache_refuses_models_it_cannot_serve():
         sample(ar, batch, Confidence(), cache=True)
 
 
-def one_layer_denoiser(seed):
-    torch.manual_seed(seed)
-    layout = VocabLayout({"text": 256})
-
-    class M:
-        vocab_size = 256
-
-    model = Denoiser(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64), layout,
-                     {"text": make_head(M, 32)}).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3)
-    return model
-
-
 @pytest.mark.parametrize("mode", ["dual", "delta"])
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_both_caches_are_exact_for_one_layer(mode, guidance):
     """A one-layer model's keys and values depend only on each position's own token: a cache that recomputes every
     position whose token changed (and the block) is exact, so both caches give the uncached tokens, several steps
     per block, with and without the guidance pass."""
-    model = one_layer_denoiser(seed=7)
-    batch = collate(rows_of([("ab", 12), ("hello", 8), ("x", 12)], model.layout))
-    kw = dict(steps=[6, 8, 12], block_length=4, seeds=3, temperature=1.0, guidance=guidance)
-    plain = sample(model, batch, Confidence(), **kw)
-    cached = sample(model, batch, Confidence(), cache=mode, **kw)
-    assert torch.equal(plain.ids, cached.ids)
-    assert torch.equal(plain.nfe, cached.nfe)
+    assert_cache_exact(tiny_denoiser(seed=7, n_layers=1), mode, steps=[6, 8, 12], seeds=3, guidance=guidance)
 
 
 def test_delta_cache_runs_one_full_pass_and_recomputes_only_the_block_and_changes():

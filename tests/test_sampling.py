@@ -102,14 +102,14 @@ def test_ancestral_reveal_probabilities_are_one_over_steps_left():
     assert sigma.tolist() == [0.0] * 4  # no remasking unless asked
 
 
-def tiny_denoiser(seed=0, vocab=("text", 256)):
+def tiny_denoiser(seed=0, vocab=("text", 256), n_layers=2):
     torch.manual_seed(seed)
     layout = VocabLayout({vocab[0]: vocab[1]})
 
     class M:
         vocab_size = vocab[1]
 
-    model = Denoiser(ModelConfig(d_model=32, n_layers=2, n_heads=2, max_len=64), layout,
+    model = Denoiser(ModelConfig(d_model=32, n_layers=n_layers, n_heads=2, max_len=64), layout,
                      {vocab[0]: make_head(M, 32)}).eval()
     # Sharper than the std-0.02 init, like a trained model: an untrained one predicts the same flat distribution
     # at every masked position, and its exact ties would be broken by float rounding (padded vs unpadded rows).
