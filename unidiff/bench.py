@@ -242,6 +242,8 @@ class Bench:
             raise UnidiffError(f"the two models generate different modalities ({names[0]}, {names[1]})")
         self.modality = self.pipes["diffusion"].modality(None)
         self.prompt = getattr(self.modality, "tag", None) if prompt is None else prompt
+        used = len(self.modality.encode(self.prompt)) if self.prompt else 0
+        self._max_length = min(p.window() for p in self.pipes.values()) - used
 
     def segments(self, length: int) -> list[Segment]:
         name = self.modality.name
@@ -249,27 +251,21 @@ class Bench:
 
     def max_length(self) -> int:
         """The longest output both models' contexts hold after the prompt (and any run markers)."""
-        out = []
-        for pipe in self.pipes.values():
-            row = pipe.encode([self.segments(1)])[0]
-            out.append(pipe.max_len - (len(row.ids) - 1))
-        return min(out)
+        return self._max_length
 
     def run(self, setting: Setting, length: int, batch: int, requests: int, seed: int = 0):
         """``requests`` requests of ``length`` tokens in batches of ``batch``: (generations, seconds)."""
         pipe = self.pipes[setting.model]
         gens, seconds = [], 0.0
-        window = self.max_length()
         for start in range(0, requests, batch):
             n = min(batch, requests - start)
-            if length <= window:
-                gen = pipe.complete(self.prompt, num=n, length=length, seed=seed + start, **setting.options(length))
+            opts = setting.options(length)
+            if length <= self._max_length:
+                gen = pipe.complete(self.prompt, num=n, length=length, seed=seed + start, **opts)
             else:  # longer than the context: a sliding window, the same for both models
-                opts = setting.options(length)
-                steps = opts.pop("steps", None)
+                opts.pop("steps", None)
                 gen = pipe.complete_long(self.prompt, num=n, length=length, seed=seed + start,
-                                         steps_per_token=None if steps is None else setting.steps_per_token,
-                                         **opts)
+                                         steps_per_token=setting.steps_per_token, **opts)
             gens.append(gen)
             seconds += gen.seconds
         return gens, seconds

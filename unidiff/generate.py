@@ -51,7 +51,7 @@ class Generation:
     nfe: list[int]
     generated: list[int]
     seconds: float
-    tokens: list[list[int]] | None = None  # per row, the local ids of its generated segments, in order
+    tokens: list[list[int]] | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -87,13 +87,15 @@ def decode_row(ids: torch.Tensor, row: Row, layout: VocabLayout, modalities) -> 
             runs[-1][2] = stop
         else:
             runs.append([name, start, stop])
-    out = []
-    for name, start, stop in runs:
-        part = ids[start:stop]
-        if layout.has_blank:
-            part = part[part != layout.blank]  # the unused positions of variable-length holes
-        out.append((name, modalities[name].decode(layout.to_local(name, part).tolist())))
-    return out
+    return [(name, modalities[name].decode(local_ids(ids[start:stop], name, layout))) for name, start, stop in runs]
+
+
+def local_ids(part: torch.Tensor, name: str, layout: VocabLayout) -> list[int]:
+    """A stretch of one modality's joint ids as its local ids, BLANK (the unused positions of variable-length
+    holes) dropped."""
+    if layout.has_blank:
+        part = part[part != layout.blank]
+    return layout.to_local(name, part).tolist()
 
 
 def quantize_int8(model, device: torch.device):
@@ -278,14 +280,8 @@ class Pipeline:
                           [self._generated_tokens(ids[b], r) for b, r in enumerate(rows)])
 
     def _generated_tokens(self, ids: torch.Tensor, row: Row) -> list[int]:
-        out: list[int] = []
-        for name, start, stop, generated in row.spans:
-            if generated:
-                part = ids[start:stop]
-                if self.layout.has_blank:
-                    part = part[part != self.layout.blank]
-                out += self.layout.to_local(name, part).tolist()
-        return out
+        return [t for name, start, stop, generated in row.spans if generated
+                for t in local_ids(ids[start:stop], name, self.layout)]
 
     def _groups(self, samples, rows) -> tuple[list[GroupSpec], list[torch.Tensor]]:
         """The sampling groups of segments that carry their own steps, policy or schedule."""
@@ -397,10 +393,9 @@ class Pipeline:
         last ``overlap`` tokens (default: half the window) and generates up to window - overlap new ones.
 
         ``steps_per_token`` sets each window's steps in proportion to its new tokens (None: the model's default).
-        Other keyword arguments go to `generate` for every window; window ``w`` uses seed ``seed + w * 10**6``
-        (so a window never reuses another request's seeds). The
-        result counts every window's forward passes, tokens and seconds; its contents are the prompt and all new
-        tokens, decoded once.
+        Other keyword arguments go to `generate` for every window; window ``w`` uses seed ``seed + w * 10**6`` (so
+        a window never reuses another request's seeds). The result counts every window's forward passes, tokens
+        and seconds; its contents are the prompt and all new tokens, decoded once.
         """
         m = self.modality(modality)
         if getattr(m, "prompt_as_condition", False) or getattr(m, "grid", None) is not None:
@@ -415,7 +410,8 @@ class Pipeline:
             raise UnidiffError(f"overlap must be in [0, {window}) for this model's window of {window} tokens; "
                                f"got {overlap}")
         has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
-        rows = [list(m.encode(prompt)) if has_prompt else [] for _ in range(num)]
+        given = list(m.encode(prompt)) if has_prompt else []
+        rows = [list(given) for _ in range(num)]
         seed = kwargs.pop("seed", 0)
         made, w, nfe, generated, seconds = 0, 0, [0] * num, [0] * num, 0.0
         while made < length:
@@ -434,8 +430,8 @@ class Pipeline:
                 generated[i] += gen.generated[i]
             seconds += gen.seconds
             made, w = made + n, w + 1
-        start = len(m.encode(prompt)) if has_prompt else 0
-        return Generation([[(m.name, m.decode(r))] for r in rows], nfe, generated, seconds, [r[start:] for r in rows])
+        return Generation([[(m.name, m.decode(r))] for r in rows], nfe, generated, seconds,
+                          [r[len(given):] for r in rows])
 
     def caption(self, content: Any, *, modality: str | None = None, num: int = 1, length: int | None = None,
                 **kwargs) -> Generation:
