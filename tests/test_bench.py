@@ -30,9 +30,34 @@ def test_bench_table_has_every_row_with_exact_forward_passes(tmp_path):
     assert nfe[("| autoregressive: AR, KV cache, T1", "1")] == 1.0  # one pass per token
     assert nfe[("| diffusion: confidence, 0.5 steps/token, T0.8, blocks of 4, cache", "2")] == 0.5  # 4 steps / 8
     for r in rows:
-        ar_bits, diff_bits, distinct = map(float, r[8:11])
+        ar_bits, diff_bits, distinct, parses = map(float, r[8:12])
         assert 0 < ar_bits < 14 and 0 < diff_bits < 14  # bits/token below uniform over 8,257 codes (13.0)
         assert 0 < distinct <= 1
+        assert parses in (0.0, 0.5, 1.0)  # the code modality's own figure over 2 samples
+    assert "| distinct | parses |" in text and "The modality's own figures: parses = the fraction" in text
+
+
+def test_modality_sample_metrics_by_hand():
+    from unidiff.modality import sample_metrics
+    from unidiff.plugins import Registry
+
+    get_modality = Registry().modality
+
+    # text: 6 of the 7 words are the plays' words ("xqzv" is not).
+    figures, doc = sample_metrics(get_modality("text"), ["To be, or not to be", "xqzv"])
+    assert figures == {"words": pytest.approx(6 / 7)} and doc.startswith("words = the fraction")
+    # code: the first unit of each sample (the language tag dropped); the second never closes its parameters.
+    code = get_modality("code")
+    figures, _ = sample_metrics(code, ["<|python|>def f():\n    return 1\nx = (", "def g(:\n    pass\n"])
+    assert figures == {"parses": 0.5}
+    # DNA: the held-out genomes against themselves diverge by exactly 0; GC of GGCC and ATAT is 1 and 0.
+    from unidiff_dna.corpus import genomes
+
+    dna = get_modality("dna")
+    assert sample_metrics(dna, genomes("valid"))[0]["3-mer JS"] == 0.0
+    assert sample_metrics(dna, ["GGCC", "ATAT"])[0]["GC"] == 0.5
+    # A modality without the method has no figures.
+    assert sample_metrics(object(), ["x"]) == ({}, "")
 
 
 def test_bench_refuses_models_in_the_wrong_roles():

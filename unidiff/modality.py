@@ -1,8 +1,10 @@
 """The modality contract: what a plugin must provide for the engine to train on and generate its content.
 
 A modality owns a tokenizer (content <-> local ids ``0..vocab_size-1``), a default length, an output file format
-and, optionally, an output head and a 2-D layout (``grid = (rows, cols)``: its tokens fill a grid in raster order,
-and the model adds row and column embeddings to them). The engine never looks inside content: it only sees local
+and, optionally, an output head, a 2-D layout (``grid = (rows, cols)``: its tokens fill a grid in raster order,
+and the model adds row and column embeddings to them), a ``mirror()`` symmetry and ``sample_metrics(contents)``:
+the modality's own quality figures of a set of samples as ``{name: value}``, whose docstring says what each means
+(``unidiff bench`` adds them to its table; see `sample_metrics`). The engine never looks inside content: it only sees local
 ids, which `unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can
 rebuild the same modality from the options it stored (``factory(**modality.options())``).
 """
@@ -41,6 +43,16 @@ def make_head(modality: Modality, d_model: int) -> nn.Module:
     if custom is not None:
         return custom(d_model)
     return nn.Linear(d_model, modality.vocab_size, bias=False)
+
+
+def sample_metrics(modality: Modality, contents: Sequence[Any]) -> tuple[dict[str, float], str]:
+    """The modality's own quality figures of ``contents`` and what they mean (the first paragraph of its
+    ``sample_metrics`` docstring, on one line); ``({}, "")`` for a modality without them."""
+    fn = getattr(modality, "sample_metrics", None)
+    if fn is None:
+        return {}, ""
+    doc = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+    return {k: float(v) for k, v in fn(contents).items()}, doc
 
 
 def grids_of(modalities) -> dict[str, tuple[int, int]]:

@@ -85,6 +85,16 @@ class CodeModality:
         text = "".join(p if i == 0 else f"\n# ---- sample {i} ----\n{p}" for i, p in enumerate(parts))
         Path(path).write_text(text, encoding="utf-8")
 
+    def sample_metrics(self, contents: Sequence[str]) -> dict[str, float]:
+        """parses = the fraction of samples whose first complete unit (a def, a class or a statement, after the
+        language tag) parses (`unidiff_code.metrics`; Python only)."""
+        from unidiff_code.metrics import first_unit, validity_rate
+
+        if self.language != "python":
+            return {}
+        return {"parses": validity_rate([first_unit(c[len(self.tag):] if c.startswith(self.tag) else c)
+                                         for c in contents])}
+
     def options(self) -> dict:
         return {"language": self.language, "tokenizer": self.tokenizer_name, "tag": self.tag,
                 "suffix": self.file_suffix}
