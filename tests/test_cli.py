@@ -161,7 +161,7 @@ def corrupt_models(tmp_path_factory):
 
 
 BAD_INPUTS = {
-    "unknown model": (["generate", "--model", "nosuch"], ["unknown model 'nosuch'", "known models: code, code-ar, dna, dna-ar, image, text"]),
+    "unknown model": (["generate", "--model", "nosuch"], ["unknown model 'nosuch'", "known models: code, code-ar, dna, dna-ar, image, text, text-ar"]),
     "unknown modality": (["generate", "--modality", "dna"], ["unknown modality 'dna'", "known modalities: text"]),
     "prompt too long": (["generate", "--prompt", "x" * 300], ["context is 256", "shorten the prompt"]),
     "length too long": (["generate", "--prompt", "abc", "--length", "300"], ["ask for at most 253 tokens"]),
