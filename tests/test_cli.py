@@ -128,7 +128,7 @@ def test_plugins_lists_the_text_plugin(capsys):
     code, out, _ = run_main(capsys, "plugins")
     assert code == 0
     assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; "
-                     r"datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text$", out, re.M)
+                     r"datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text, text-ar$", out, re.M)
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["infill"], ["edit"], ["eval"], ["plugins"]])
