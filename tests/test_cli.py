@@ -128,7 +128,8 @@ def test_plugins_lists_the_text_plugin(capsys):
     code, out, _ = run_main(capsys, "plugins")
     assert code == 0
     assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; "
-                     r"datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text, text-ar$", out, re.M)
+                     r"datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text, text-ar$",
+                     out, re.M)
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["infill"], ["edit"], ["eval"], ["plugins"]])
@@ -161,7 +162,8 @@ def corrupt_models(tmp_path_factory):
 
 
 BAD_INPUTS = {
-    "unknown model": (["generate", "--model", "nosuch"], ["unknown model 'nosuch'", "known models: code, code-ar, dna, dna-ar, image, text, text-ar"]),
+    "unknown model": (["generate", "--model", "nosuch"],
+                      ["unknown model 'nosuch'", "known models: code, code-ar, dna, dna-ar, image, text, text-ar"]),
     "unknown modality": (["generate", "--modality", "dna"], ["unknown modality 'dna'", "known modalities: text"]),
     "prompt too long": (["generate", "--prompt", "x" * 300], ["context is 256", "shorten the prompt"]),
     "length too long": (["generate", "--prompt", "abc", "--length", "300"], ["ask for at most 253 tokens"]),

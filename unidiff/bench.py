@@ -453,8 +453,8 @@ def table(rows: list[Row], feats, bench: Bench, peak: float | None = None, comma
     if peak:
         lines += [f"GFLOP/token: model FLOPs (matrix products and attention, by torch's FLOP counter) per generated "
                   f"token, counted on one request (batch 1; a cached batch also computes each row's padding to its "
-                  f"widest row's positions, not counted). MFU: tokens/s x FLOP/token over this device's measured dense matrix-product rate in the "
-                  f"run's precision, {peak / 1e9:.0f} GFLOP/s.", ""]
+                  f"widest row's positions, not counted). MFU: tokens/s x FLOP/token over this device's measured "
+                  f"dense matrix-product rate in the run's precision, {peak / 1e9:.0f} GFLOP/s.", ""]
     qual_keys = [k for k in ("AR bits", "diff bits", "judge", "distinct") if any(k in r.quality for r in rows)]
     qual_keys += [k for k in dict.fromkeys(k for r in rows for k in r.quality) if k not in qual_keys]
     lines += ["| model, setting | length | batch | tokens/s | latency s | NFE/token | GFLOP/token | MFU | "

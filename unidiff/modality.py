@@ -4,8 +4,8 @@ A modality owns a tokenizer (content <-> local ids ``0..vocab_size-1``), a defau
 and, optionally, an output head, a 2-D layout (``grid = (rows, cols)``: its tokens fill a grid in raster order,
 and the model adds row and column embeddings to them), a ``mirror()`` symmetry and ``sample_metrics(contents)``:
 the modality's own quality figures of a set of samples as ``{name: value}``, whose docstring says what each means
-(``unidiff bench`` adds them to its table; see `sample_metrics`). The engine never looks inside content: it only sees local
-ids, which `unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can
+(``unidiff bench`` adds them to its table; see `sample_metrics`). The engine never looks inside content: it only
+sees local ids, which `unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can
 rebuild the same modality from the options it stored (``factory(**modality.options())``).
 """
 
