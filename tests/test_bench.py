@@ -37,6 +37,12 @@ def test_bench_table_has_every_row_with_exact_forward_passes(tmp_path):
     assert "| distinct | parses |" in text and "The modality's own figures: parses = the fraction" in text
 
 
+def test_small_figures_keep_two_digits():
+    from unidiff.bench import _figure
+
+    assert (_figure(1.95123), _figure(0.00603), _figure(0.85)) == ("1.951", "0.0060", "0.850")
+
+
 def test_modality_sample_metrics_by_hand():
     from unidiff.modality import sample_metrics
     from unidiff.plugins import Registry

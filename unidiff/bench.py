@@ -426,6 +426,11 @@ def _ar_uncached(bench: Bench, length: int, batch: int) -> float:
     return batch * length / out.seconds
 
 
+def _figure(value: float) -> str:
+    """Three decimals; four for a figure under 0.1 (e.g. a k-mer JS divergence of 0.0060), so it keeps two digits."""
+    return f"{value:.4f}" if abs(value) < 0.1 else f"{value:.3f}"
+
+
 def table(rows: list[Row], feats, bench: Bench, peak: float | None = None, command: str | None = None) -> str:
     names = bench.names
     lines = [f"# Diffusion vs autoregressive generation: {names['diffusion']} vs {names['autoregressive']}", "",
@@ -460,7 +465,7 @@ def table(rows: list[Row], feats, bench: Bench, peak: float | None = None, comma
     lines += ["| model, setting | length | batch | tokens/s | latency s | NFE/token | GFLOP/token | MFU | "
               + " | ".join(qual_keys) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(qual_keys)]
     for r in rows:
-        q = " | ".join(f"{r.quality[k]:.3f}" if k in r.quality else "" for k in qual_keys)
+        q = " | ".join(_figure(r.quality[k]) if k in r.quality else "" for k in qual_keys)
         mfu = r.tokens_per_s * r.flops_per_token / peak if peak else float("nan")
         lines.append(f"| {r.setting.model}: {r.setting.label} | {r.length} | {r.batch} | {r.tokens_per_s:.1f} | "
                      f"{r.latency_s:.3f} | {r.nfe_per_token:.3f} | {r.flops_per_token / 1e9:.3f} | "
