@@ -44,26 +44,27 @@ def test_small_figures_keep_two_digits():
 
 
 def test_modality_sample_metrics_by_hand():
-    from unidiff.modality import sample_metrics
+    from unidiff.modality import sample_metrics, sample_metrics_doc
     from unidiff.plugins import Registry
 
     get_modality = Registry().modality
 
     # text: 6 of the 7 words are the plays' words ("xqzv" is not).
-    figures, doc = sample_metrics(get_modality("text"), ["To be, or not to be", "xqzv"])
+    text = get_modality("text")
+    figures, doc = sample_metrics(text, ["To be, or not to be", "xqzv"]), sample_metrics_doc(text)
     assert figures == {"words": pytest.approx(6 / 7)} and doc.startswith("words = the fraction")
     # code: the first unit of each sample (the language tag dropped); the second never closes its parameters.
     code = get_modality("code")
-    figures, _ = sample_metrics(code, ["<|python|>def f():\n    return 1\nx = (", "def g(:\n    pass\n"])
+    figures = sample_metrics(code, ["<|python|>def f():\n    return 1\nx = (", "def g(:\n    pass\n"])
     assert figures == {"parses": 0.5}
     # DNA: the held-out genomes against themselves diverge by exactly 0; GC of GGCC and ATAT is 1 and 0.
     from unidiff_dna.corpus import genomes
 
     dna = get_modality("dna")
-    assert sample_metrics(dna, genomes("valid"))[0]["3-mer JS"] == 0.0
-    assert sample_metrics(dna, ["GGCC", "ATAT"])[0]["GC"] == 0.5
+    assert sample_metrics(dna, genomes("valid"))["3-mer JS"] == 0.0
+    assert sample_metrics(dna, ["GGCC", "ATAT"])["GC"] == 0.5
     # A modality without the method has no figures.
-    assert sample_metrics(object(), ["x"]) == ({}, "")
+    assert sample_metrics(object(), ["x"]) == {} and sample_metrics_doc(object()) == ""
 
 
 def test_bench_refuses_models_in_the_wrong_roles():

@@ -5,8 +5,8 @@ and, optionally, an output head, a 2-D layout (``grid = (rows, cols)``: its toke
 and the model adds row and column embeddings to them), a ``mirror()`` symmetry and ``sample_metrics(contents)``:
 the modality's own quality figures of a set of samples as ``{name: value}``, whose docstring says what each means
 (``unidiff bench`` adds them to its table; see `sample_metrics`). The engine never looks inside content: it only
-sees local ids, which `unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a checkpoint can
-rebuild the same modality from the options it stored (``factory(**modality.options())``).
+sees local ids, which `unidiff.vocab.VocabLayout` maps to a joint vocabulary. A plugin registers a *factory* so a
+checkpoint can rebuild the same modality from the options it stored (``factory(**modality.options())``).
 """
 
 from __future__ import annotations
@@ -45,14 +45,17 @@ def make_head(modality: Modality, d_model: int) -> nn.Module:
     return nn.Linear(d_model, modality.vocab_size, bias=False)
 
 
-def sample_metrics(modality: Modality, contents: Sequence[Any]) -> tuple[dict[str, float], str]:
-    """The modality's own quality figures of ``contents`` and what they mean (the first paragraph of its
-    ``sample_metrics`` docstring, on one line); ``({}, "")`` for a modality without them."""
+def sample_metrics(modality: Modality, contents: Sequence[Any]) -> dict[str, float]:
+    """The modality's own quality figures of ``contents``; ``{}`` for a modality without them."""
     fn = getattr(modality, "sample_metrics", None)
-    if fn is None:
-        return {}, ""
-    doc = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
-    return {k: float(v) for k, v in fn(contents).items()}, doc
+    return {} if fn is None else {k: float(v) for k, v in fn(contents).items()}
+
+
+def sample_metrics_doc(modality: Modality) -> str:
+    """What the modality's figures mean: the first paragraph of its ``sample_metrics`` docstring, on one line
+    ("" for a modality without them)."""
+    fn = getattr(modality, "sample_metrics", None)
+    return " ".join((getattr(fn, "__doc__", None) or "").split("\n\n")[0].split())
 
 
 def grids_of(modalities) -> dict[str, tuple[int, int]]:
