@@ -3,7 +3,8 @@
 A sample is a list of `Segment`s. Each is encoded by its modality, mapped into the joint vocabulary and
 concatenated into one row; positions to generate start as MASK and are the row's *targets*. Adjacent segments
 of the same modality join into one run (a prompt and its continuation are one text); when the model's vocabulary
-holds more than one modality, each run is wrapped in its modality's BOS/EOS markers, which are always given.
+holds more than one modality (or is an autoregressive model's, see `VocabLayout`), each run is wrapped in its
+modality's BOS/EOS markers, which are always given.
 Rows are right-padded into a `Batch`, so column j of a row is its own position j.
 """
 
@@ -143,7 +144,7 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
     """
     if not segments:
         raise UnidiffError("a sample needs at least one segment")
-    markers = len(layout.names) > 1  # as training rows have them (see make_windows)
+    markers = layout.markers  # as training rows have them (see make_windows)
     if any(s.variable for s in segments) and not layout.has_blank:
         raise UnidiffError("variable-length holes need a model trained with them (data.holes > 0) and "
                            "this one was not: use fixed-length holes (<mask:N>) or such a model")
@@ -282,14 +283,14 @@ def encode_conditions(docs: Sequence[Any], modality: Modality, layout: VocabLayo
 def make_windows(docs: Sequence[torch.Tensor], length: int, layout: VocabLayout, modality: str,
                  conditions: Sequence[torch.Tensor] | None = None, cond_modality: str | None = None,
                  cond_hole: int = 0) -> "Windows":
-    """`Windows` whose rows have the layout `encode_row` gives the same segments: with more than one modality in
-    the vocabulary, each modality run is wrapped in its BOS/EOS markers (a condition of another modality is its own
+    """`Windows` whose rows have the layout `encode_row` gives the same segments: in a layout with markers (several
+    modalities, or an autoregressive model's), each modality run is wrapped in its BOS/EOS markers (a condition of another modality is its own
     run, one of the same modality joins the content's run). ``cond_hole``: see `Windows`."""
     if cond_hole and not layout.has_blank:
         raise UnidiffError("conditions generated as variable-length holes (data.cond_hole) need BLANK in the "
                            "vocabulary")
     blank = layout.blank if cond_hole else None
-    if len(layout.names) == 1:
+    if not layout.markers:
         return Windows(docs, length, layout.index(modality), conditions, cond_hole=cond_hole, blank=blank)
     block = layout.block(modality)
     other = layout.block(cond_modality) if cond_modality not in (None, modality) else None

@@ -28,7 +28,7 @@ from unidiff.checkpoint import (atomic_dir, ensure_writable, init_weights, load_
                                 write_model)
 from unidiff.config import Config
 from unidiff.data import condition_modality, encode_conditions, encode_docs, make_holes, make_windows
-from unidiff.device import resolve_device, resolve_precision
+from unidiff.device import precision_name, resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.evaluate import EvalResult, batch_loss, evaluate
 from unidiff.modality import Modality, grids_of, make_head
@@ -47,6 +47,9 @@ class TrainResult:
     step: int
     eval: EvalResult | None
     seconds: float
+    steps_run: int = 0  # steps this call trained (0: a resumed run that had already finished)
+    precision: str = "fp32"  # what the forward passes ran in
+    threads: int = 1  # torch's CPU threads
 
 
 def lr_at(step: int, cfg) -> float:
@@ -81,7 +84,7 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     elif modality is None:
         raise UnidiffError("train(): pass the modality of train_docs")
     device = resolve_device(tc.device)
-    amp = resolve_precision(tc.precision, device)
+    amp = resolve_precision(tc.precision, device, cpu_bf16=True)
     schedule = get_schedule(tc.schedule)
     out = Path(tc.out_dir)
     ensure_writable(out)
@@ -91,8 +94,10 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     if cond_name is not None and cond_name not in modalities:
         modalities[cond_name] = registry.modality(cond_name)
     cond_modality = modalities[cond_name or modality.name]
+    # An autoregressive model's rows start with BOS: its first token is predicted from BOS, not from nothing.
     layout = VocabLayout({m.name: m.vocab_size for m in modalities.values()},
-                         blank=cfg.data.holes > 0 or cfg.data.cond_hole > 0)
+                         blank=cfg.data.holes > 0 or cfg.data.cond_hole > 0,
+                         markers=cfg.model.kind == "autoregressive")
     train_w = make_windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout, modality.name,
                            encode_conditions(train_docs, cond_modality, layout), cond_name, cfg.data.cond_hole)
     eval_w = make_windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout, modality.name) \
@@ -124,7 +129,9 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
     # "modality": what the model generates by default; "condition_modality": what its conditions are written in.
     extra = {"training": cfg.to_dict(), "sampling": cfg.to_dict()["sample"], "modality": modality.name,
              "condition_modality": cond_name or modality.name}
-    bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc="train", dynamic_ncols=True)
+    first_step = step
+    bar = tqdm(total=tc.steps, initial=step, disable=None if tc.progress else True, desc="train",
+               dynamic_ncols=True)
     model.train()
     while step < tc.steps:
         for group in opt.param_groups:
@@ -157,7 +164,8 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
         if step % tc.save_every == 0 or done:
             _save(out, model, ema, opt, generator, step, modalities, registry, extra, last_eval)
     bar.close()
-    return TrainResult(out, ema.eval(), step, last_eval, time.time() - t_start)
+    return TrainResult(out, ema.eval(), step, last_eval, time.time() - t_start, step - first_step, precision_name(amp),
+                       torch.get_num_threads())
 
 
 def _save(out, model, ema, opt, generator, step, modalities, registry, extra, last_eval) -> None:

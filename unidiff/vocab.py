@@ -4,6 +4,10 @@ Layout (global ids)::
 
     0 PAD | 1 MASK | modality A: BOS, EOS, content 0..n_A-1 | modality B: BOS, EOS, content ... | ... [| BLANK]
 
+Rows of a layout with ``markers`` wrap every modality run in its BOS/EOS ids: always with several modalities (a
+row must say where each run starts), and on request with one (an autoregressive model conditions its first
+token on BOS; without it the first token would have no context at all).
+
 A layout built with ``blank=True`` ends with one shared BLANK id: the "nothing here" token of variable-length
 holes (a hole of up to N tokens is filled with real tokens and blanks, and blanks are dropped on decode). It comes
 last so that adding it leaves every other id where it was.
@@ -47,9 +51,10 @@ class VocabLayout:
     Args:
         sizes: modality name -> number of local content ids.
         blank: add the shared BLANK id (for models trained with variable-length holes, see `unidiff.data.make_holes`).
+        markers: wrap each run in BOS/EOS even with one modality (with several they always are).
     """
 
-    def __init__(self, sizes: Mapping[str, int], blank: bool = False):
+    def __init__(self, sizes: Mapping[str, int], blank: bool = False, markers: bool = False):
         if not sizes:
             raise ValueError("a vocabulary layout needs at least one modality")
         self.blocks: dict[str, Block] = {}
@@ -63,6 +68,7 @@ class VocabLayout:
         self.has_blank = bool(blank)
         self.blank = nxt if blank else None  # the BLANK id, or None
         self.size = nxt + int(self.has_blank)
+        self.markers = bool(markers) or len(self.blocks) > 1
         # (M, V) bool: which global ids a position of each modality may predict.
         self.allowed_table = torch.zeros(len(self.blocks), self.size, dtype=torch.bool)
         for b in self.blocks.values():
@@ -103,11 +109,15 @@ class VocabLayout:
 
     def to_dict(self) -> dict:
         d = {"sizes": {n: b.size for n, b in self.blocks.items()}, "size": self.size}
-        return {**d, "blank": True} if self.has_blank else d
+        if self.has_blank:
+            d["blank"] = True
+        if self.markers and len(self.blocks) == 1:  # a model of one modality that was trained with them
+            d["markers"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "VocabLayout":
-        layout = cls(d["sizes"], blank=bool(d.get("blank", False)))
+        layout = cls(d["sizes"], blank=bool(d.get("blank", False)), markers=bool(d.get("markers", False)))
         if layout.size != d.get("size", layout.size):
             raise CheckpointError(f"vocabulary layout in checkpoint says size {d['size']} but its ranges give "
                                   f"{layout.size}: the checkpoint's config.json is inconsistent")
@@ -118,4 +128,5 @@ class VocabLayout:
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{b.name}=[{b.start},{b.stop})" for b in self.blocks.values())
-        return f"VocabLayout(size={self.size}, {parts}{', blank' if self.has_blank else ''})"
+        extra = (", blank" if self.has_blank else "") + (", markers" if self.markers and len(self.blocks) == 1 else "")
+        return f"VocabLayout(size={self.size}, {parts}{extra})"
