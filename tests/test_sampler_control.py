@@ -161,10 +161,18 @@ def test_remasking_is_exactly_the_committed_tokens_whose_uniform_is_below_sigma(
 
 def test_remasking_never_leaves_more_masked_than_the_schedule():
     """Seed 1, remask 0.5: at step 2 five of the 6 committed tokens draw u < sigma = 1/4, but the schedule leaves
-    floor(12 * 1/4) = 3 masked: n_commit = min(left_now - left + n_re, left_now) commits all 6 masked positions and
-    the 5 re-masks stay, so the step ends with 5 masked instead of 3."""
-    _, _, states = remask_trajectory(1, 0.5)
+    floor(12 * 1/4) = 3 masked: only the 3 with the smallest uniforms are re-masked, n_commit = 6 - 3 + 3 commits
+    all 6 masked positions, and the step ends with exactly the schedule's 3 masked."""
+    seed, remask = 1, 0.5
+    batch, _, states = remask_trajectory(seed, remask)
     assert [int((x == MASK).sum()) for x in states] == [9, 6, 3, 0]
+    before, after = states[1][0], states[2][0]
+    u = hashed_uniform(torch.tensor(seed), 2, STREAM_REMASK, torch.arange(len(before)))
+    candidates = batch.targets[0] & (before != MASK) & (u < 0.25)
+    assert int(candidates.sum()) == 5
+    remasked = (before != MASK) & (after == MASK)
+    smallest = u.masked_fill(~candidates, 2.0).argsort()[:3]
+    assert sorted(remasked.nonzero().flatten().tolist()) == sorted(smallest.tolist())
 
 
 def test_a_remasked_position_is_masked_again_then_predicted_again():

@@ -380,4 +380,6 @@ def test_steps_are_shared_between_blocks_without_exceeding_the_budget():
     model = tiny_denoiser(6)
     batch = collate(rows_of([("", 16)], model.layout))
     assert sample(model, batch, Confidence(), steps=5, block_length=4).nfe.tolist() == [5]  # shares 2, 1, 1, 1
-    assert sample(model, batch, Confidence(), steps=2, block_length=4).nfe.tolist() == [4]  # at least 1 per block
+    with pytest.raises(UnidiffError, match=r"2 step\(s\) cannot decode 4 blocks of 4 tokens"):
+        sample(model, batch, Confidence(), steps=2, block_length=4)  # each block takes at least one step
+    assert sample(model, batch, Confidence(), steps=4, block_length=4).nfe.tolist() == [4]

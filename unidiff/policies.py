@@ -86,6 +86,8 @@ class Policy(Protocol):
 
     # Optional: ``may_commit(ctx) -> (B,) bool``, asked before the forward pass; a row for which it is False
     # skips this step's forward pass (its output cannot depend on the model). Without it every row runs.
+    # Optional: ``adaptive = True`` for a policy that chooses how many positions to commit from the model's
+    # confidence: it takes no steps-per-token recommendation, only the cap of one step per token.
 
 
 def has_budget(ctx: StepContext) -> torch.Tensor:
@@ -162,6 +164,7 @@ class Threshold:
     """
 
     name = "threshold"
+    adaptive = True
 
     def __init__(self, threshold: float = 0.9):
         if not 0.0 < threshold <= 1.0:

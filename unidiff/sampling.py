@@ -157,7 +157,8 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
            top_p: float = 1.0, schedule: Schedule | str = "linear", amp_dtype: torch.dtype | None = None,
            block_length: int | None = None, remask: float = 0.0, guidance: float = 1.0,
            groups: Sequence[GroupSpec] = (), cache: bool | str = False,
-           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SampleOutput:
+           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+           progress: Callable[[int], None] | None = None) -> SampleOutput:
     """Generate the target positions of ``batch``.
 
     Args:
@@ -188,6 +189,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             quality cost is measured in bench/.
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
+        progress: called after every step with the number of target tokens committed so far (a progress bar).
     """
     device = next(model.parameters()).device
     batch = batch.to(device)
@@ -206,6 +208,8 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             break
         if callback is not None:
             callback(sampler.k - 1, rows, sampler.x)
+        if progress is not None:
+            progress(sampler.committed())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return SampleOutput(ids=sampler.x, nfe=sampler.nfe.cpu(), generated=sampler.n_targets.cpu(),
@@ -286,6 +290,10 @@ class Sampler:
         self.active = torch.zeros(S, dtype=torch.bool, device=device)
         self.k = 0
 
+    def committed(self) -> int:
+        """Target tokens of the active slots that are committed now (not MASK)."""
+        return int((self.targets & self.active.unsqueeze(1) & (self.x != MASK)).sum())
+
     def admit(self, batch: Batch, slots: torch.Tensor, steps=None, seeds=0) -> None:
         """Put the rows of ``batch`` (at most ``width`` positions) into free ``slots``; ``steps`` and ``seeds`` as
         in `sample`."""
@@ -310,6 +318,19 @@ class Sampler:
             raise UnidiffError(f"batch.group uses group {int(group.max())} but only {self.G - 1} GroupSpec(s) "
                                f"were given")
 
+        onehot = torch.nn.functional.one_hot(group, self.G) * targets.unsqueeze(-1)  # (b, n, G)
+        n_group = onehot.sum(1)  # (b, G) targets per group
+        # Each block takes at least one step: a budget smaller than the blocks it must decode cannot be kept.
+        blocks = (n_group + self.size - 1) // self.size  # (b, G)
+        own = self.spec_steps.unsqueeze(0).expand_as(blocks)
+        budget = torch.where(own > 0, own, row_steps.unsqueeze(1).expand_as(blocks))
+        short = (blocks > budget).nonzero()
+        if len(short):
+            r, g = short[0].tolist()
+            raise UnidiffError(f"{int(budget[r, g])} step(s) cannot decode {int(blocks[r, g])} blocks of "
+                               f"{self.size} tokens (each block takes at least one step): ask for at least "
+                               f"{int(blocks[r, g])} steps or a longer block length")
+
         def put(dst: torch.Tensor, src: torch.Tensor, fill) -> None:
             dst[slots] = fill
             dst[slots, :n] = src
@@ -327,10 +348,9 @@ class Sampler:
         if self.blank_ok is not None:
             put(self.blank_ok, batch.blank_ok if batch.blank_ok is not None else torch.zeros_like(targets), False)
         # Each target's rank within its (row, group) cuts it into blocks.
-        onehot = torch.nn.functional.one_hot(group, self.G) * targets.unsqueeze(-1)  # (b, n, G)
         rank = onehot.cumsum(1).gather(2, group.unsqueeze(-1)).squeeze(-1) - 1
         put(self.block_of, torch.where(targets, rank // self.size, -1), -1)
-        self.n_group[slots] = onehot.sum(1)
+        self.n_group[slots] = n_group
         self.cur[slots], self.loc[slots] = 0, 0
         self.seeds[slots] = torch.as_tensor(seeds, dtype=torch.long, device=dev).reshape(b)
         self.row_steps[slots] = row_steps
@@ -497,7 +517,7 @@ class Sampler:
 @torch.no_grad()
 def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | torch.Tensor = 0,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  amp_dtype: torch.dtype | None = None) -> SampleOutput:
+                  amp_dtype: torch.dtype | None = None, progress: Callable[[int], None] | None = None) -> SampleOutput:
     """Autoregressive generation with a key/value cache (a model of the autoregressive kind).
 
     Left to right, each target position is drawn given everything before it; given tokens (a prompt, or text
@@ -508,7 +528,8 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
     fraction of its cost: a pass reads the new positions only, not the whole row. Rows are left-padded so that
     their first targets line up: continuations of prompts of any lengths are drawn in lockstep. A row's NFE is
     the passes it took part in until its last target: one per generated token alone or beside rows like it,
-    more beside rows whose later targets fall elsewhere (it rides along while others draw).
+    more beside rows whose later targets fall elsewhere (it rides along while others draw). ``progress``: as in
+    `sample`.
     """
     if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
         raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
@@ -547,7 +568,7 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
     where = tgt.any(0).nonzero().squeeze(1).tolist()  # columns where some row draws a token
     cache: list[dict] = []
     start = time.perf_counter()
-    passes = 0
+    passes = drawn = 0
     with autocast(device, amp_dtype):
         first = where[0]  # everything before it is given (or padding) in every row: one pass reads it
         if first > 0:
@@ -563,6 +584,9 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
             u = hashed_uniform(seeds[rows], rk[rows, p], STREAM_TOKEN, src[rows, p])
             xs[rows, p] = propose(logits, u, temperature, top_k, top_p)[0]
             nfe[rows] = passes
+            if progress is not None:
+                drawn += len(rows)
+                progress(drawn)
             if q is not None:  # feed p .. q-1 (given tokens where no row draws) in one pass
                 h = model.decode_step(xs[:, p:q], mod[:, p:q], pos[:, p:q], cache,
                                       None if key_valid is None else key_valid[:, :q])[:, -1]

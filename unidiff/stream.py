@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -18,13 +18,15 @@ from unidiff.vocab import MASK
 @torch.no_grad()
 def sample_stream(model: Denoiser, batch: Batch, policy: Policy, max_batch: int,
                   steps: int | Sequence[int] | torch.Tensor | None = None,
-                  seeds: int | Sequence[int] | torch.Tensor = 0, **settings) -> SampleOutput:
+                  seeds: int | Sequence[int] | torch.Tensor = 0, progress: Callable[[int], None] | None = None,
+                  **settings) -> SampleOutput:
     """Continuous batching: the rows of ``batch`` are requests served first come, first served by at most
     ``max_batch`` slots; a row that is done leaves after the step that completes it and the next waiting request
     takes its slot at once, so the slots stay full while requests of different lengths and step budgets come and
     go. Every request gets the tokens `sample` gives it alone (the `Sampler`'s per-row step counters); the result
-    adds each request's latency. ``settings``: the keyword arguments of `sample` (temperature, block_length,
-    cache, guidance, ...)."""
+    adds each request's latency. ``progress`` is called after every step with the number of target tokens
+    committed so far, over all requests. ``settings``: the keyword arguments of `sample` (temperature,
+    block_length, cache, guidance, ...)."""
     device = next(model.parameters()).device
     R, L = batch.ids.shape
     if max_batch < 1:
@@ -39,7 +41,7 @@ def sample_stream(model: Denoiser, batch: Batch, policy: Policy, max_batch: int,
     nfe = torch.zeros(R, dtype=torch.long)
     latency = torch.zeros(R, dtype=torch.float64)
     owner = torch.full((sampler.S,), -1, dtype=torch.long)  # the request in each slot
-    waiting = 0
+    waiting = finished = 0  # requests admitted; target tokens of the requests done
     start = time.perf_counter()
 
     def admit(slots: torch.Tensor) -> None:
@@ -55,10 +57,13 @@ def sample_stream(model: Denoiser, batch: Batch, policy: Policy, max_batch: int,
     admit(torch.arange(sampler.S))
     while True:
         ran = sampler.step()
+        if progress is not None:
+            progress(finished + sampler.committed())
         done = sampler.finished()
         if len(done):
             now = time.perf_counter() - start
             req = owner[done.cpu()]
+            finished += int(targets[req].sum())
             ids[req.to(device)] = sampler.x[done]
             nfe[req] = sampler.nfe[done].cpu()
             latency[req] = now
