@@ -184,6 +184,19 @@ BAD_INPUTS = {
     "bad --guidance": (["generate", "--guidance", "-1"], ["--guidance", ">= 0"]),
     "stage 2 before stage 1": (["train", "configs/text.toml", "--set", "train.init=runs/nothing", "--set",
                                 "train.out_dir={truncated}-run"], ["train.init = 'runs/nothing'", "text-base.toml"]),
+    "caption a missing image": (["caption", "nosuch.png"], ["no such file: nosuch.png"]),
+    "caption with a model that cannot": (["caption", "--model", "text", "README.md"], ["it cannot caption",
+                                                                                      "--model image"]),
+    "infill a missing template file": (["infill", "holes-missing.txt"], ["no file holes-missing.txt exists",
+                                                                         "<mask:N>"]),
+    "guidance without a condition": (["generate", "--guidance", "2", "--length", "8"],
+                                     ["guidance 2 needs a condition", "double the forward passes"]),
+    "int8 with bf16": (["generate", "--quantize", "int8", "--precision", "bf16"], ["drop --precision bf16"]),
+    "fewer steps than blocks": (["generate", "--length", "16", "--steps", "2", "--block-length", "4"],
+                                ["2 step(s) cannot decode 4 blocks of 4 tokens", "at least 4 steps"]),
+    "a class the dna model never saw": (["generate", "--model", "dna", "--condition", "fungus"],
+                                        ["condition 'fungus'", "it knows: animal, microbe, plant"]),
+    "zero threads": (["generate", "--threads", "0"], ["--threads", "at least 1"]),
 }
 
 
@@ -201,3 +214,70 @@ def test_bad_input_gives_one_error_line(case, corrupt_models):
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in lines[0]
+
+
+def test_bad_threads_variable_gives_one_error_line():
+    proc = unidiff_cli("generate", "--length", "4", env={"UNIDIFF_THREADS": "many"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == ("unidiff: error: UNIDIFF_THREADS='many' is not a positive whole number of threads: "
+                                   "set it to e.g. 1, or unset it")
+
+
+def test_version(capsys):
+    from unidiff import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"unidiff {__version__}\n"
+
+
+def test_threads_and_precision_are_reported(capsys, monkeypatch):
+    """The closing stderr line says the precision and the threads used: --threads, else $UNIDIFF_THREADS."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, _, err = run_main(capsys, "generate", "--length", "8", "--steps", "2", "--threads", "1")
+        assert code == 0 and err.strip().splitlines()[-1].endswith("tokens/s (fp32, 1 CPU thread(s))")
+        monkeypatch.setenv("UNIDIFF_THREADS", "2")
+        code, _, err = run_main(capsys, "generate", "--length", "8", "--steps", "2")
+        assert code == 0 and err.strip().endswith("(fp32, 2 CPU thread(s))") and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_int8_works_whatever_the_default_precision(capsys, monkeypatch):
+    """--quantize int8 runs without autocast even where auto would pick bf16 (a CPU with AMX)."""
+    import unidiff.device
+
+    monkeypatch.setattr(unidiff.device, "cpu_has_fast_bf16", lambda: True)
+    code, out, err = run_main(capsys, "generate", "--length", "8", "--steps", "2", "--quantize", "int8")
+    assert code == 0 and out and "(int8, " in err
+
+
+def test_eval_is_fp32_by_default_and_says_so(capsys):
+    code, out, err = run_main(capsys, "eval", "--windows", "2")
+    assert code == 0 and re.search(r"evaluated in [0-9.]+ s \(fp32, \d+ CPU thread\(s\)\)", err)
+    code, out, err = run_main(capsys, "eval", "--windows", "2", "--precision", "bf16")
+    assert code == 0 and "(bf16, " in err
+
+
+def test_train_help_lists_sections_keys_datasets_and_configs(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for needle in ("[model] d_model = 256", "[data] dataset = \"shakespeare\"", "[train] steps = 1000",
+                   "[sample] policy = \"confidence\"", "genomes-labelled (dna)", "shakespeare (text)", "configs/"):
+        assert needle in out, needle
+
+
+def test_a_finished_run_says_so_when_resumed(capsys, tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('[model]\nd_model = 16\nn_layers = 1\nn_heads = 2\nmax_len = 16\n[data]\nseq_len = 16\n'
+                   f'[train]\nsteps = 2\neval_every = 2\neval_windows = 2\nsave_every = 2\nout_dir = "{tmp_path / "run"}"\n')
+    code, _, err = run_main(capsys, "train", str(cfg), "--quiet")
+    assert code == 0 and "trained 2 steps to step 2 in" in err and "(fp32, " in err
+    code, _, err = run_main(capsys, "train", str(cfg), "--quiet")
+    assert code == 0 and "had already finished all 2 steps: nothing to train" in err
+    code, _, err = run_main(capsys, "train", str(cfg), "--quiet", "--set", "train.steps=3")
+    assert code == 0 and "trained 1 steps (resumed at step 2) to step 3" in err

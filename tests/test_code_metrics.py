@@ -19,8 +19,8 @@ sys.path.insert(0, str(PLUGINS))  # unidiff_code is not in the installed package
 from unidiff.errors import UnidiffError  # noqa: E402
 from unidiff_code.corpus import stdlib_root  # noqa: E402
 from unidiff_code.metrics import (doctest_units, exact_match, first_unit, import_lines, normalise,  # noqa: E402
-                                  normalised_match, run_doctests, summary, syntax_valid, top_level_units,
-                                  validity_rate)
+                                  normalised_match, read_module, run_doctests, summary, syntax_valid,
+                                  top_level_units, validity_rate)
 
 METHOD = "    def area(self):\n        return self.w * self.h\n"
 
@@ -236,16 +236,44 @@ def test_stdlib_units_parse_alone():
 def test_cli(tmp_path):
     good = tmp_path / "good.py"
     good.write_text(PASSING + "\n\n" + FAILING.replace("square", "double") + "\n\n" + PLAIN + "\nplain(1)\n")
-    bad = tmp_path / "bad.py"
-    bad.write_text("def f(:\n    pass\n")
+    other = tmp_path / "other.py"
+    other.write_text("import os\n\n\nx = (1,\n     2)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "unidiff_code.metrics", str(good), str(bad), "--doctest"],
+    done = subprocess.run([sys.executable, "-m", "unidiff_code.metrics", str(good), str(other), "--doctest"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no RuntimeWarning from python -m
     rows = [line.split() for line in done.stdout.splitlines()]
     assert rows == [["file", "units", "parse", "rate", "doctest", "pass", "fail", "error", "timeout", "none"],
                     [str(good), "4", "4", "1.0000", "2", "1", "1", "0", "0", "0"],
-                    [str(bad), "0", "0", "-", "0", "0", "0", "0", "0", "0"],
-                    ["total", "4", "4", "1.0000", "2", "1", "1", "0", "0", "0"]]
-    assert f"{bad}: does not parse as a whole" in done.stderr
+                    [str(other), "2", "2", "1.0000", "0", "0", "0", "0", "0", "0"],
+                    ["total", "6", "6", "1.0000", "2", "1", "1", "0", "0", "0"]]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "no such file: .*in.py"),
+    (b"", "in.py is empty"),
+    (b"\n  \n", "in.py is empty"),
+    (b"x = '\xff'\n", "in.py is not UTF-8 text"),
+    (b"def f(:\n    pass\n", r"in.py does not parse as Python \(line 1: invalid syntax\)"),
+    (b"x = 1\0\n", "in.py does not parse as Python"),
+])
+def test_read_module_refuses_what_it_cannot_split(tmp_path, content, needle):
+    """What ``python -m unidiff_code.metrics`` reports as one line ``unidiff: error: ...`` (tests/test_plugin_tools)."""
+    path = tmp_path / "in.py"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UnidiffError, match=needle):
+        read_module(str(path))
+
+
+def test_read_module_refuses_a_folder(tmp_path):
+    with pytest.raises(UnidiffError, match="cannot read .*: Is a directory"):
+        read_module(str(tmp_path))
+
+
+def test_read_module_returns_the_source_and_its_units(tmp_path):
+    (tmp_path / "in.py").write_text("import os\n\n\ndef f():\n    pass\n")
+    assert read_module(str(tmp_path / "in.py")) == ("import os\n\n\ndef f():\n    pass\n",
+                                                    ["import os\n", "def f():\n    pass\n"])

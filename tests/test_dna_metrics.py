@@ -11,7 +11,7 @@ import pytest
 from unidiff.errors import UnidiffError
 from unidiff_dna.markov import MarkovModel, fit_best
 from unidiff_dna.metrics import (exact_copies, gc_content, js_divergence, kmer_counts, kmer_js, kmer_js_table,
-                                 max_identity, motif_rate, pwm_hits, reverse_complement)
+                                 max_identity, motif_rate, pwm_hits, read_bases, reverse_complement)
 
 BASES = np.array(list("ACGT"))
 
@@ -91,6 +91,34 @@ def test_kmer_js_of_a_set_with_itself_is_zero_and_table_matches():
 def test_reverse_complement():
     assert reverse_complement("aacgtN") == "Nacgtt"  # case is kept
     assert reverse_complement("GAATTC") == "GAATTC"
+
+
+def test_reverse_complement_is_part_of_the_package_api():
+    import unidiff_dna
+
+    assert unidiff_dna.reverse_complement is reverse_complement  # loaded on first use, not with the package
+    assert not hasattr(unidiff_dna, "nosuch")  # any other name is an AttributeError
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "no such file"),
+    (b"", "holds no FASTA records"),
+    (b"hello\n", "sequence before the first '>' header"),
+    (b">a\nAC\xffGT\n", "cannot read .* as ASCII text"),
+    (b">a\n\n>b\nNNNN\n", "has no A, C, G or T base"),
+])
+def test_read_bases_refuses_what_it_cannot_measure(tmp_path, content, needle):
+    """What ``python -m unidiff_dna.metrics`` reports as one line ``unidiff: error: ...`` (tests/test_plugin_tools)."""
+    path = tmp_path / "in.fa"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UnidiffError, match=needle):
+        read_bases(str(path))
+
+
+def test_read_bases_needs_one_base_only(tmp_path):
+    (tmp_path / "in.fa").write_text(">a\nNNNN\n>b\nnna\n")
+    assert read_bases(str(tmp_path / "in.fa")) == ["NNNN", "nna"]
 
 
 # --- motifs and PWMs -----------------------------------------------------------------------------------------

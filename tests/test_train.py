@@ -212,7 +212,7 @@ def test_exact_resume(reference, registry, tmp_path, monkeypatch):
 
 def test_resume_with_more_steps_is_allowed(ref_copy, registry):
     result = run(tiny_cfg(ref_copy, steps=N + 4), registry)
-    assert result.step == N + 4
+    assert result.step == N + 4 and result.steps_run == 4
     assert saved_step(ref_copy) == N + 4
     assert [r["step"] for r in read_log(ref_copy)] == [N // 2, N, N + 4]
     assert figures(ref_copy / "model")["step"] == N + 4
@@ -220,7 +220,7 @@ def test_resume_with_more_steps_is_allowed(ref_copy, registry):
 
 def test_resume_when_already_done_changes_nothing(reference, ref_copy, registry):
     result = run(tiny_cfg(ref_copy), registry)
-    assert result.step == N
+    assert result.step == N and result.steps_run == 0  # the command says it had already finished
     assert_same_weights(ref_copy / "last", reference[0] / "last")
     assert_same_weights(ref_copy / "model", reference[0] / "model")
     assert read_log(ref_copy) == read_log(reference[0])

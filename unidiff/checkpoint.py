@@ -119,21 +119,31 @@ def read_config(folder: Path) -> dict:
 
 
 def build_modalities(config: dict, registry: Registry) -> dict[str, Modality]:
-    """Rebuild a checkpoint's modalities; a missing plugin is named with its package and version."""
+    """Rebuild a checkpoint's modalities; a missing plugin is named with its package and version, and a plugin
+    whose factory fails on the recorded options is named with its error."""
     out = {}
     for name, rec in config["modalities"].items():
-        try:
-            out[name] = registry.modality(name, **rec.get("options", {}))
-        except UnknownNameError:
+        if name not in registry.names("modalities"):
             plugin, package = rec.get("plugin"), rec.get("package")
             needs = f"this model needs modality {name!r} from plugin {plugin!r} (package {package} " \
                     f"{rec.get('version')})"
             if plugin in registry.broken:
                 raise CheckpointError(f"{needs}, which is installed but failed to load ({registry.broken[plugin]}): "
-                                      f"fix or reinstall {package}") from None
+                                      f"fix or reinstall {package}")
             broken = f"; these plugins failed to load: {', '.join(registry.broken)}" if registry.broken else ""
             raise CheckpointError(f"{needs}, which is not installed or is disabled: install it (pip install "
-                                  f"{package}) or remove it from {DISABLE_ENV}{broken}") from None
+                                  f"{package}) or remove it from {DISABLE_ENV}{broken}")
+        options = rec.get("options", {})
+        if not isinstance(options, dict):
+            raise CheckpointError(f"config.json: the options of modality {name!r} must be a JSON object; got "
+                                  f"{options!r}: restore it or re-train the model")
+        try:
+            out[name] = registry.modality(name, **options)
+        except Exception as e:  # the plugin's own factory refused the options or failed: name it, not config.json
+            info = registry.plugin_of("modalities", name)
+            who = f"plugin {info.name!r} ({info.package} {info.version})" if info else "its plugin"
+            raise CheckpointError(f"{who} could not build modality {name!r} from the options this checkpoint "
+                                  f"records ({options}): {type(e).__name__}: {e}") from None
     return out
 
 

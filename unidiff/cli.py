@@ -11,6 +11,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from unidiff.errors import UnidiffError
 
@@ -22,14 +23,20 @@ def cmd_train(args) -> None:
     from unidiff.train import train
 
     cfg = load_config(args.config, args.set or [])
-    if args.no_progress:
+    if args.no_progress or args.quiet:
         cfg.train.progress = False
     result = train(cfg)
-    print(f"trained {result.step} steps in {result.seconds:.0f} s; model: {result.out_dir / 'model'}",
-          file=sys.stderr)
     if result.eval is not None:
         objective = "NLL" if cfg.model.kind == "autoregressive" else "ELBO"
         print(f"held-out {objective}: {result.eval.summary()}", file=sys.stderr)
+    where = f"model: {result.out_dir / 'model'} ({result.precision}, {result.threads} CPU thread(s))"
+    if result.steps_run == 0:
+        print(f"{result.out_dir / 'last'} had already finished all {result.step} steps: nothing to train; {where}. "
+              f"Raise train.steps to train on, or pick a fresh train.out_dir", file=sys.stderr)
+    else:
+        resumed = f" (resumed at step {result.step - result.steps_run})" if result.step > result.steps_run else ""
+        print(f"trained {result.steps_run} steps{resumed} to step {result.step} in {result.seconds:.0f} s; {where}",
+              file=sys.stderr)
 
 
 def policy_options(args) -> dict:
@@ -44,7 +51,7 @@ def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
                 schedule=args.schedule, remask=args.remask, guidance=args.guidance, symmetric=args.symmetric,
-                cache=args.cache_mode or args.cache, max_batch=args.max_batch)
+                cache=args.cache_mode or args.cache, max_batch=args.max_batch, progress=not args.quiet)
 
 
 def emit(gen, modality, args) -> None:
@@ -101,10 +108,24 @@ def _complete_long(args):
     return call
 
 
+def read_content(m, path: str):
+    """A file's content for modality ``m``: its own reader (``to_array`` for images), else UTF-8 text."""
+    if not Path(path).is_file():
+        raise UnidiffError(f"no such file: {path}")
+    if hasattr(m, "to_array"):
+        return m.to_array(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UnidiffError(f"{path} is not UTF-8 text, which the {m.name} modality reads; give a file it reads or "
+                           f"a model of that kind of file (e.g. --model image for an image)") from None
+
+
 def cmd_caption(args) -> None:
     pipe = load_pipeline(args)
     m = pipe.modality(args.modality)
-    content = m.to_array(args.file) if hasattr(m, "to_array") else Path(args.file).read_text(encoding="utf-8")
+    pipe.caption_modality(m)  # a model that cannot caption says so before its file is read
+    content = read_content(m, args.file)
     gen = pipe.caption(content, modality=args.modality, num=args.num, length=args.length,
                        **sampling_options(args))
     for i, text in enumerate(gen.contents(pipe.config["condition_modality"])):
@@ -120,23 +141,27 @@ def cmd_inpaint(args) -> None:
     if not hasattr(m, "cells_of_box"):
         raise UnidiffError(f"the {m.name} modality has no 2-D regions to in-paint; use unidiff infill with "
                            f"<mask:N> holes")
-    segments = regenerate_positions(m.name, m.encode(m.to_array(args.file)), m.cells_of_box(args.box))
+    segments = regenerate_positions(m.name, m.encode(read_content(m, args.file)), m.cells_of_box(args.box))
     segments = pipe.conditioned(args.prompt, segments)
     emit(pipe.generate([segments] * args.num, **sampling_options(args)), m, args)
 
 
 def read_template(arg: str) -> str:
-    """The infill argument: a template, or the path of a file that holds one (an argument without holes that
-    names an existing file)."""
+    """The infill argument: a template, or the path of a file that holds one (an argument without holes or line
+    breaks is read as a file)."""
     from unidiff.generate import HOLE
 
     path = Path(arg)
-    if HOLE.search(arg) is None and "\n" not in arg and path.is_file():
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UnidiffError(f"cannot read the template file {path}: {e}") from None
-    return arg
+    if HOLE.search(arg) is not None or "\n" in arg:
+        return arg
+    if not path.is_file():
+        raise UnidiffError(f"the template {arg!r} has no hole to fill, and no file {path} exists to read one "
+                           f"from: mark holes with <mask:N> or <blank:N> (e.g. 'To be, <mask:12> be') or give the "
+                           f"path of a file that holds such a template")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnidiffError(f"cannot read the template file {path}: {e}") from None
 
 
 def cmd_infill(args) -> None:
@@ -151,15 +176,22 @@ def cmd_edit(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    import time
+
+    import torch
+
     from unidiff.evaluate import evaluate_model
 
-    result, info = evaluate_model(args.model, device=args.device, max_windows=args.windows, samples=args.samples,
-                                  seed=args.seed)
+    start = time.time()
+    result, info = evaluate_model(args.model, device=args.device, precision=args.precision, max_windows=args.windows,
+                                  samples=args.samples, seed=args.seed, progress=not args.quiet)
     print(f"{args.model}: held-out {info['objective']} on {info['dataset']}/{info['split']} "
           f"({info['windows']} windows of {info['seq_len']} tokens, {args.samples} time sample(s) each)")
     for name, bits in result.bits_per_token.items():
         print(f"  {name}: {bits:.4f} bits/token  ({result.nats_per_token[name]:.4f} nats/token, "
               f"{result.tokens[name]} tokens)")
+    print(f"evaluated in {time.time() - start:.1f} s ({info['precision']}, {torch.get_num_threads()} CPU thread(s))",
+          file=sys.stderr)
 
 
 def cmd_bench(args) -> None:
@@ -225,15 +257,58 @@ _seed = _number(int, lambda v: 0 <= v < 2 ** 62, "between 0 and 2**62")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line like every other error (``--help`` shows the usage)."""
+    """argparse, but a usage error is one line like every other error (``--help`` shows the usage), and an
+    ``epilog_fn`` writes the epilog only when help is shown (e.g. what loading the plugins tells)."""
+
+    def __init__(self, *args, epilog_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
 
     def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"unidiff: error: {message} (see {self.prog} --help)\n")
 
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
 
-def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """The options generate, infill and edit share: model, number of samples, sampler, output."""
-    p.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
+
+def common_arguments() -> argparse.ArgumentParser:
+    """The options every command takes: CPU threads and quiet."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: $UNIDIFF_THREADS, else "
+                                                     "every core this process may use; see bench/threads-cpu.md)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (it is shown only on a terminal)")
+    return p
+
+
+def train_help() -> str:
+    """The epilog of ``unidiff train --help``: config sections and keys with their defaults, datasets, configs."""
+    import dataclasses
+    import json
+    import textwrap
+
+    from unidiff.config import Config
+    from unidiff.plugins import Registry
+
+    lines = ["config sections and keys (TOML; --set SECTION.KEY=VALUE overrides one):"]
+    for section in dataclasses.fields(Config):
+        sub = getattr(Config(), section.name)
+        keys = ", ".join(f"{f.name} = {json.dumps(getattr(sub, f.name))}" for f in dataclasses.fields(sub))
+        lines += textwrap.wrap(f"[{section.name}] {keys}", 110, initial_indent="  ", subsequent_indent="    ")
+    reg = Registry()
+    datasets = ", ".join(f"{n} ({reg.dataset(n)[1].get('modality', '?')})" for n in reg.names("datasets"))
+    lines += ["", *textwrap.wrap(f"registered datasets (data.dataset): {datasets or 'none'}", 110,
+                                 subsequent_indent="  "),
+              "", *textwrap.wrap("the shipped configs live in configs/ of the unidiff repository (e.g. "
+                                 "configs/text-base.toml); each model's config.json records the config it was "
+                                 "trained with", 110)]
+    return "\n".join(lines)
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, model: str = "text") -> None:
+    """The options the sampling commands share: model, number of samples, sampler, output."""
+    p.add_argument("--model", default=model, help=f"registered model name or model folder (default: {model})")
     p.add_argument("--modality", help="modality to generate (default: the model's only one)")
     p.add_argument("--num", type=_positive, default=1, help="number of samples (default 1)")
     p.add_argument("--steps", type=_positive, help="sampling steps (default: the model's recommendation, else one "
@@ -269,8 +344,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=_positive, help="generate at most this many samples at once (continuous "
                                                          "batching: a finished sample's slot goes to the next one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="forward-pass precision (default auto: bf16 on GPUs and on CPUs with AMX, else fp32)")
-    p.add_argument("--quantize", choices=("int8",), help="int8 linear layers (CPU only)")
+                   help="forward-pass precision (default auto: bf16 on GPUs, fp32 on the CPU; --precision bf16 is "
+                        "faster on CPUs with AMX, but a sample may then depend on its batch-mates)")
+    p.add_argument("--quantize", choices=("int8",), help="int8 linear layers (CPU only; fp32 around them)")
     p.add_argument("--out", help="write samples to this file in the modality's format instead of stdout")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
@@ -280,10 +356,15 @@ CONDITION_HELP = ("a condition given first, in the model's condition modality: e
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="unidiff", description="Discrete diffusion for text, code, DNA and images.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    from unidiff import __version__
 
-    t = sub.add_parser("train", help="train a model from a TOML config", description=(
+    p = Parser(prog="unidiff", description="Discrete diffusion for text, code, DNA and images.")
+    p.add_argument("--version", action="version", version=f"unidiff {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    common = [common_arguments()]
+
+    t = sub.add_parser("train", help="train a model from a TOML config", parents=common, epilog_fn=train_help,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=(
         "Train (or resume: a run restarts from OUT_DIR/last when it exists) a denoiser from a config in configs/."))
     t.add_argument("config", help="TOML file with [model], [data] and [train] sections")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
@@ -291,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    g = sub.add_parser("generate", help="generate samples from a model", description=(
+    g = sub.add_parser("generate", help="generate samples from a model", parents=common, description=(
         "Generate NUM samples: the prompt (if any) followed by LENGTH generated tokens. Content goes to stdout "
         "or --out; the number of forward passes (NFE) and tokens/s go to stderr."))
     g.add_argument("--prompt", help="given content that the samples continue")
@@ -305,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(g)
     g.set_defaults(func=cmd_generate)
 
-    f = sub.add_parser("infill", help="fill holes in a given text", description=(
+    f = sub.add_parser("infill", help="fill holes in a given text", parents=common, description=(
         "Fill every hole of TEMPLATE given everything around it: <mask:N> with exactly N generated tokens, "
         "<blank:N> with up to N (unused positions become blanks, dropped from the output; needs a model trained "
         "with holes, as the shipped text and code models are), "
@@ -316,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(f)
     f.set_defaults(func=cmd_infill)
 
-    d = sub.add_parser("edit", help="re-generate a fraction of a given text", description=(
+    d = sub.add_parser("edit", help="re-generate a fraction of a given text", parents=common, description=(
         "Re-mask a fraction STRENGTH of the tokens of CONTENT and generate them again given the rest: strength 0 "
         "returns the input, 1 regenerates it entirely. --prompt edits under a different condition (style transfer), "
         "e.g. unidiff edit --strength 0.3 --prompt $'<macbeth>\\n' 'To be, or not to be, that is the question'"))
@@ -329,26 +410,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(d)
     d.set_defaults(func=cmd_edit)
 
-    c = sub.add_parser("caption", help="describe an image (a model's condition from its content)", description=(
+    c = sub.add_parser("caption", help="describe an image (a model's condition from its content)", parents=common, description=(
         "Generate the condition of given content: for the image model, a caption of a 28x28 image file, e.g. "
         "unidiff caption --model image cat.png. Prints one caption per sample."))
     c.add_argument("file", help="the content: an image file for the image model")
     c.add_argument("--length", type=_positive, help="longest caption in tokens (default: the longest the model was "
                                                      "trained on)")
-    add_sampling_arguments(c)
+    add_sampling_arguments(c, model="image")
     c.set_defaults(func=cmd_caption)
 
-    n = sub.add_parser("inpaint", help="regenerate a box of an image", description=(
+    n = sub.add_parser("inpaint", help="regenerate a box of an image", parents=common, description=(
         "Regenerate the part of an image inside --box (pixels x0,y0,x1,y1, x1 and y1 exclusive; every 4x4-pixel "
         "cell it touches is redrawn), optionally conditioned on a caption, e.g. unidiff inpaint --model image "
         "cat.png --box 0,0,14,28 --prompt 'a cat' --out fixed.png"))
     n.add_argument("file", help="the image file")
     n.add_argument("--box", required=True, help="the region to regenerate: x0,y0,x1,y1 in pixels")
     n.add_argument("--prompt", help="a caption to condition on (default: none)")
-    add_sampling_arguments(n)
+    add_sampling_arguments(n, model="image")
     n.set_defaults(func=cmd_inpaint)
 
-    e = sub.add_parser("eval", help="held-out ELBO of a model", description=(
+    e = sub.add_parser("eval", help="held-out ELBO of a model", parents=common, description=(
         "Estimate the masked-diffusion ELBO (an upper bound on the NLL) in bits per token on the held-out split "
         "of the dataset the model was trained on."))
     e.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
@@ -356,9 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=_positive, default=1, help="time samples per window (default 1)")
     e.add_argument("--seed", type=_seed, default=1234, help="seed of the Monte-Carlo estimate (default 1234)")
     e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    e.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="forward-pass precision (default fp32: the figures of record do not depend on the machine)")
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("bench", help="diffusion vs autoregressive generation, one workload, one run",
+    b = sub.add_parser("bench", help="diffusion vs autoregressive generation, one workload, one run", parents=common,
                        description=(
         "Load a diffusion model and its autoregressive twin (trains nothing), generate the same workload with each "
         "at every output length, batch size and sampler setting, and write a table: tokens per second, latency "
@@ -391,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "d_model=768,n_layers=12,n_heads=12 (about 100 M parameters for code); no quality columns")
     b.set_defaults(func=cmd_bench)
 
-    pl = sub.add_parser("plugins", help="list installed plugins", description=(
+    pl = sub.add_parser("plugins", help="list installed plugins", parents=common, description=(
         "List each plugin with its package, version and what it registers; broken plugins are named."))
     pl.set_defaults(func=cmd_plugins)
     return p
@@ -401,12 +484,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"unidiff: warning: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    warnings.showwarning = _one_line_warning  # e.g. a broken plugin: one line, not a source listing
-    args = build_parser().parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+def run(command: Callable[[], object]) -> int:
+    """Call ``command()`` as a command line and return its exit status: a `UnidiffError` prints as one line
+    ``unidiff: error: ...`` (status 2, no traceback), Ctrl-C as ``unidiff: interrupted`` (130), and output piped
+    into e.g. head is no error. A plugin's ``python -m`` tool ends with ``raise SystemExit(run(main))``."""
     try:
-        args.func(args)
+        command()
     except UnidiffError as e:
         print(f"unidiff: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -416,6 +499,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # output piped into e.g. head: not an error
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning  # e.g. a broken plugin: one line, not a source listing
+
+    def command() -> None:
+        from unidiff.device import set_threads
+
+        args = build_parser().parse_args(argv)
+        args.argv = sys.argv[1:] if argv is None else list(argv)
+        set_threads(args.threads)
+        args.func(args)
+
+    return run(command)
 
 
 if __name__ == "__main__":

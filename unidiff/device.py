@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -33,8 +34,12 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32.
+
+    ``auto`` is bf16 on GPUs that have it and fp32 on the CPU, where batched fp32 sampling is batch-invariant (a
+    sample does not depend on its batch-mates) and figures do not depend on the machine; ``cpu_bf16`` (training)
+    lets ``auto`` take bf16 on CPUs with AMX, where it is about 2.4x faster."""
     if precision not in PRECISIONS:
         raise UnidiffError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -43,7 +48,38 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return torch.bfloat16 if cpu_bf16 and cpu_has_fast_bf16() else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What a report calls an autocast dtype: "bf16" or "fp32"."""
+    return "fp32" if dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+THREADS_ENV = "UNIDIFF_THREADS"
+
+
+def default_threads() -> int:
+    """The CPU threads a command uses unless told: every core this process may run on (torch's own default)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU thread pool: ``threads`` (``--threads``), else ``$UNIDIFF_THREADS``, else
+    `default_threads`. Returns the number set."""
+    source = "--threads"
+    if threads is None and os.environ.get(THREADS_ENV, "").strip():
+        text, source = os.environ[THREADS_ENV].strip(), THREADS_ENV
+        threads = int(text) if text.isdigit() else 0
+        if threads < 1:
+            raise UnidiffError(f"{THREADS_ENV}={text!r} is not a positive whole number of threads: set it to e.g. 1, "
+                               f"or unset it")
+    if threads is None:
+        threads = default_threads()
+    if threads < 1:
+        raise UnidiffError(f"{source} must be at least 1; got {threads}")
+    torch.set_num_threads(threads)
+    return threads
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

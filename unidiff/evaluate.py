@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from unidiff.checkpoint import load_model
 from unidiff.data import Batch, Windows, encode_docs, make_windows
-from unidiff.device import autocast, resolve_device, resolve_precision
+from unidiff.device import autocast, precision_name, resolve_device, resolve_precision
 from unidiff.errors import CheckpointError
 from unidiff.losses import corrupt, elbo_terms, per_modality, sample_times
 from unidiff.model import Denoiser
@@ -88,19 +89,25 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: Denoiser, windows: Windows, schedule: Schedule, batch_size: int = 32,
              max_windows: int | None = None, samples: int = 1, seed: int = 1234,
-             amp_dtype: torch.dtype | None = None) -> EvalResult:
-    """Held-out ELBO over the non-overlapping windows of ``windows`` (deterministic for a given seed)."""
+             amp_dtype: torch.dtype | None = None, progress: bool = False) -> EvalResult:
+    """Held-out ELBO over the non-overlapping windows of ``windows`` (deterministic for a given seed);
+    ``progress`` shows a bar of the windows done on stderr (on a terminal)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     M = len(model.layout.names)
     sums, counts = torch.zeros(M, dtype=torch.float64), torch.zeros(M, dtype=torch.float64)
+    n = len(windows.tile_starts[:max_windows])
+    bar = tqdm(total=n * samples, unit="window", desc="eval", leave=False, disable=None if progress else True,
+               dynamic_ncols=True)
     for _ in range(samples):
         for batch in windows.tiles(batch_size, max_windows):
             s, c = batch_loss(model, batch.to(device), schedule, generator, amp_dtype)
             sums += s.double().cpu()
             counts += c.double().cpu()
+            bar.update(len(batch.ids))
+    bar.close()
     model.train(was_training)
     result = EvalResult()
     for name, b in model.layout.blocks.items():
@@ -110,13 +117,14 @@ def evaluate(model: Denoiser, windows: Windows, schedule: Schedule, batch_size: 
     return result
 
 
-def evaluate_model(name_or_path, registry=None, device: str = "auto", precision: str = "auto",
+def evaluate_model(name_or_path, registry=None, device: str = "auto", precision: str = "fp32",
                    max_windows: int | None = None, samples: int = 1, seed: int = 1234,
-                   batch_size: int = 32) -> tuple[EvalResult, dict]:
-    """Held-out ELBO of a model folder or registered model on the held-out split of the data it was trained on.
+                   batch_size: int = 32, progress: bool = False) -> tuple[EvalResult, dict]:
+    """Held-out ELBO of a model folder or registered model on the held-out split of the data it was trained on,
+    in fp32 by default (the figures of record: the same on every machine).
 
     Returns:
-        (result, info): info names the dataset, split, window length and number of windows.
+        (result, info): info names the dataset, split, window length, number of windows and the precision.
     """
     registry = registry or Registry()
     dev = resolve_device(device)
@@ -130,9 +138,10 @@ def evaluate_model(name_or_path, registry=None, device: str = "auto", precision:
     modality = modalities[meta["modality"]]
     docs = builder(data["eval_split"])
     windows = make_windows(encode_docs(docs, modality, model.layout), data["seq_len"], model.layout, modality.name)
+    amp = resolve_precision(precision, dev)
     result = evaluate(model, windows, get_schedule(train_cfg["schedule"]), batch_size, max_windows, samples, seed,
-                      resolve_precision(precision, dev))
+                      amp, progress)
     n = len(windows.tile_starts) if max_windows is None else min(max_windows, len(windows.tile_starts))
     info = {"dataset": data["dataset"], "split": data["eval_split"], "seq_len": data["seq_len"], "windows": n,
-            "objective": "NLL" if model.cfg.kind == "autoregressive" else "ELBO"}
+            "objective": "NLL" if model.cfg.kind == "autoregressive" else "ELBO", "precision": precision_name(amp)}
     return result, info

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm import tqdm
 
 from unidiff.checkpoint import load_model
 from unidiff.data import Row, Segment, Tokens, collate, encode_row
-from unidiff.device import autocast, resolve_device, resolve_precision
+from unidiff.device import autocast, precision_name, resolve_device, resolve_precision
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
 from unidiff.sampling import GroupSpec, SampleOutput, sample, sample_causal
@@ -45,6 +46,7 @@ class Generation:
     seconds: wall time of the sampling loop.
     tokens: per row, the local ids of its generated (and edited) segments, in order, BLANK dropped: what a
         follow-up request can give back without decoding and re-encoding.
+    precision: what the forward passes ran in: "fp32", "bf16", or "int8" (int8 linear layers, fp32 elsewhere).
     """
 
     samples: list[list[tuple[str, Any]]]
@@ -52,6 +54,7 @@ class Generation:
     generated: list[int]
     seconds: float
     tokens: list[list[int]] | None = None
+    precision: str = "fp32"
 
     @property
     def tokens_per_second(self) -> float:
@@ -76,7 +79,8 @@ class Generation:
         nfe = sorted(set(self.nfe))
         nfe_s = str(nfe[0]) if len(nfe) == 1 else f"{nfe[0]}-{nfe[-1]}"
         return (f"{len(self.samples)} sample(s), {sum(self.generated)} tokens in {self.seconds:.2f} s: "
-                f"NFE {nfe_s} per sample, {self.tokens_per_second:.0f} tokens/s")
+                f"NFE {nfe_s} per sample, {self.tokens_per_second:.0f} tokens/s ({self.precision}, "
+                f"{torch.get_num_threads()} CPU thread(s))")
 
 
 def decode_row(ids: torch.Tensor, row: Row, layout: VocabLayout, modalities) -> list[tuple[str, Any]]:
@@ -140,6 +144,7 @@ class Pipeline:
     def __init__(self, model, modalities: dict, config: dict, amp_dtype: torch.dtype | None = None,
                  registry: Registry | None = None):
         self.model, self.modalities, self.config, self.amp_dtype = model, modalities, config, amp_dtype
+        self.precision = precision_name(amp_dtype)  # what reports say the passes ran in
         self.layout: VocabLayout = model.layout
         self.registry = registry or Registry()  # where policies are looked up
         # The model's recommended sampling settings (see generate), over the engine's own defaults.
@@ -156,10 +161,18 @@ class Pipeline:
         """
         registry = registry or Registry()
         dev = resolve_device(device)
+        if quantize is not None and quantize != "int8":
+            _bad_quantize(quantize)
+        if quantize and precision == "bf16":
+            raise UnidiffError("--quantize int8 runs the linear layers in int8 with fp32 around them: drop "
+                               "--precision bf16 (or --quantize)")
         net, modalities, config = load_model(model, registry, dev)
-        if quantize is not None:
-            net = quantize_int8(net, dev) if quantize == "int8" else _bad_quantize(quantize)
-        return cls(net, modalities, config, resolve_precision(precision, dev), registry)
+        amp = resolve_precision(precision, dev)
+        if quantize is not None:  # int8 kernels take fp32 activations: no autocast, whatever auto would pick
+            net, amp = quantize_int8(net, dev), None
+        pipe = cls(net, modalities, config, amp, registry)
+        pipe.precision = "int8" if quantize else precision_name(amp)
+        return pipe
 
     @property
     def max_len(self) -> int:
@@ -210,7 +223,7 @@ class Pipeline:
                  temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str | None = None,
                  block_length: int | None = None, remask: float | None = None,
                  guidance: float | None = None, symmetric: bool = False, cache: bool | str = False,
-                 max_batch: int | None = None) -> Generation:
+                 max_batch: int | None = None, progress: bool = False) -> Generation:
         """Generate every 'generate' segment (and re-generate every 'edit') of every sample in one batch.
 
         ``steps``, ``policy``, ``temperature``, ``remask``, ``guidance`` and ``schedule`` left as None take the
@@ -239,45 +252,61 @@ class Pipeline:
             max_batch: run at most this many rows at once (memory): a diffusion model serves the samples by
                 continuous batching (a finished row's slot goes to the next sample at once, `sample_stream`); an
                 autoregressive model in successive batches. The samples are the same as without it.
+            progress: a progress bar of the generated tokens on stderr (tqdm; shown only on a terminal).
         """
         rec = self.sampling
         pol = self.registry.policy(policy or rec["policy"], **(policy_options or {}))
         temperature = rec["temperature"] if temperature is None else temperature
         remask = rec["remask"] if remask is None else remask
-        guidance = rec["guidance"] if guidance is None else guidance
+        asked_guidance, guidance = guidance, rec["guidance"] if guidance is None else guidance
         schedule = rec.get("schedule", "linear") if schedule is None else schedule
         if self.model.cfg.kind == "autoregressive":  # left to right, one token per forward pass
             block_length, steps, remask = 1, None, 0.0
         rows = self.encode(samples, seed)
+        if guidance != 1.0 and not any(bool(r.condition.any()) for r in rows):
+            if asked_guidance is not None:  # the model's own recommendation just does not apply here
+                raise UnidiffError(f"guidance {guidance:g} needs a condition to guide towards (a prompt, --condition "
+                                   f"or other given content) and these samples give none: it would only double the "
+                                   f"forward passes; drop --guidance or give a condition")
+            guidance = 1.0
         extra_nfe = self._rescore(rows)
         specs, groups = self._groups(samples, rows)
         n_default = [int((r.targets & (g == 0)).sum()) for r, g in zip(rows, groups)]
-        if steps is None and rec.get("steps_per_token") and self.model.cfg.kind == "diffusion":
-            steps = [max(1, math.ceil(n * rec["steps_per_token"])) for n in n_default]
+        if steps is None and rec.get("steps_per_token") and self.model.cfg.kind == "diffusion" \
+                and not getattr(pol, "adaptive", False):  # an adaptive policy is capped at one token a step only
+            # The recommended steps per token, and at least one step per block.
+            steps = [max(1, math.ceil(n * rec["steps_per_token"]), math.ceil(n / (block_length or max(n, 1))))
+                     for n in n_default]
         model = Mirrored(self.model, mirror_perms(self.modalities)) if symmetric else self.model
         if max_batch is not None and max_batch < 1:
             raise UnidiffError(f"--max-batch must be at least 1; got {max_batch}")
+        bar = tqdm(total=sum(int(r.targets.sum()) for r in rows), unit="tok", desc="generate", leave=False,
+                   disable=None if progress else True, dynamic_ncols=True)
         if self.model.cfg.kind == "autoregressive" and guidance == 1.0 and not specs and not symmetric:
             outs = []  # the key/value cache: one position per pass, in batches of at most max_batch rows
             for i in range(0, len(rows), max_batch or len(rows)):
                 part = rows[i:i + (max_batch or len(rows))]
+                done = bar.n
                 outs.append(sample_causal(model, collate(part), seeds=seed + i, temperature=temperature, top_k=top_k,
-                                          top_p=top_p, amp_dtype=self.amp_dtype))
+                                          top_p=top_p, amp_dtype=self.amp_dtype,
+                                          progress=lambda n, done=done: bar.update(done + n - bar.n)))
             out = _concat(outs)
         else:
             settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
                             amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
                             groups=specs, cache=cache if self.model.cfg.kind == "diffusion" else False)
             batch = collate(rows, groups if specs else None)
+            settings["progress"] = lambda n: bar.update(n - bar.n)
             if max_batch is not None and max_batch < len(rows):  # continuous batching in max_batch slots
                 out = sample_stream(model, batch, pol, max_batch, steps=steps, seeds=seed, **settings)
             else:
                 out = sample(model, batch, pol, steps=steps, seeds=seed, **settings)
+        bar.close()
         ids = out.ids.cpu()
         decoded = [decode_row(ids[b, :len(r.ids)], r, self.layout, self.modalities) for b, r in enumerate(rows)]
         nfe = (out.nfe * (2 if symmetric else 1) + extra_nfe).tolist()
         return Generation(decoded, nfe, out.generated.tolist(), out.seconds,
-                          [self._generated_tokens(ids[b], r) for b, r in enumerate(rows)])
+                          [self._generated_tokens(ids[b], r) for b, r in enumerate(rows)], self.precision)
 
     def _generated_tokens(self, ids: torch.Tensor, row: Row) -> list[int]:
         return [t for name, start, stop, generated in row.spans if generated
@@ -343,7 +372,20 @@ class Pipeline:
             return segments
         name = self.config.get("condition_modality") or self.modality(None).name
         self.layout.block(name)
+        known = self.known_conditions()
+        if known is not None and condition not in known:
+            raise UnidiffError(f"condition {condition!r} is not one this model was trained on; it knows: "
+                               f"{', '.join(known)}")
         return [Segment(name, condition), *segments]
+
+    def known_conditions(self) -> list[str] | None:
+        """The closed set of conditions the model was trained on (e.g. the DNA model's classes), from the
+        ``conditions`` its dataset declares; None where conditions are open (free captions, titles)."""
+        dataset = self.config.get("training", {}).get("data", {}).get("dataset")
+        if dataset is None or dataset not in self.registry.names("datasets"):
+            return None
+        known = self.registry.dataset(dataset)[1].get("conditions")
+        return sorted(known) if known is not None else None
 
     def complete(self, prompt: Any = None, *, modality: str | None = None, num: int = 1,
                  length: int | None = None, condition: Any = None, **kwargs) -> Generation:
@@ -431,7 +473,17 @@ class Pipeline:
             seconds += gen.seconds
             made, w = made + n, w + 1
         return Generation([[(m.name, m.decode(r))] for r in rows], nfe, generated, seconds,
-                          [r[len(given):] for r in rows])
+                          [r[len(given):] for r in rows], self.precision)
+
+    def caption_modality(self, m) -> str:
+        """The modality a caption of ``m``'s content is written in: the model's condition modality (an error if it
+        has none apart from ``m``)."""
+        cond = self.config.get("condition_modality")
+        if cond is None or cond == m.name:
+            raise UnidiffError(f"this model has no condition modality apart from {m.name}: it cannot caption; use a "
+                               f"model trained on [condition][content] rows (e.g. --model image)")
+        self.layout.block(cond)
+        return cond
 
     def caption(self, content: Any, *, modality: str | None = None, num: int = 1, length: int | None = None,
                 **kwargs) -> Generation:
@@ -439,11 +491,7 @@ class Pipeline:
         tokens of the model's condition modality (default: the longest condition it was trained to generate),
         placed before the content as in training. Read them with ``.contents(condition modality)``."""
         m = self.modality(modality)
-        cond = self.config.get("condition_modality")
-        if cond is None or cond == m.name:
-            raise UnidiffError(f"this model has no condition modality apart from {m.name}: it cannot caption; use a "
-                               f"model trained on [condition][content] rows (e.g. --model image)")
-        self.layout.block(cond)
+        cond = self.caption_modality(m)
         if num < 1:
             raise UnidiffError(f"--num must be at least 1; got {num}")
         trained = self.config.get("training", {}).get("data", {}).get("cond_hole", 0)

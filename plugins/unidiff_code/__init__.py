@@ -18,7 +18,6 @@ from typing import Sequence
 
 from unidiff.errors import ModalityInputError, UnknownNameError
 from unidiff.hookspecs import hookimpl
-from unidiff_code.tokenizer import decode, encode, load
 
 __version__ = "0.1.0"
 MODEL_DIR = Path(__file__).parent / "model"
@@ -50,6 +49,10 @@ class CodeModality:
 
     def __init__(self, language: str = "python", tokenizer: str | None = None, tag: str | None = None,
                  suffix: str | None = None):
+        # unidiff_code.tokenizer is imported where it is used, never at the top of this package: a module loaded
+        # with the package would be loaded again by ``python -m unidiff_code.tokenizer`` (Python warns of that).
+        from unidiff_code.tokenizer import load
+
         known = LANGUAGES.get(language)
         if known is None and (tokenizer is None or tag is None or suffix is None):
             raise UnknownNameError("language", language, sorted(LANGUAGES),
@@ -69,6 +72,8 @@ class CodeModality:
     def encode(self, content: str) -> list[int]:
         if not isinstance(content, str):
             raise ModalityInputError(f"code content must be a str, got {type(content).__name__}")
+        from unidiff_code.tokenizer import encode
+
         # The tag is a token only where it opens the content (as in the training units); anywhere else, and
         # every other special-looking string, is plain text (the tokenizer encodes special tokens as text).
         head = [self.tag_id] if content.startswith(self.tag) else []
@@ -76,6 +81,8 @@ class CodeModality:
         return head + encode(self.tokenizer, body)
 
     def decode(self, ids: Sequence[int]) -> str:
+        from unidiff_code.tokenizer import decode
+
         # Byte-level pieces of a multi-byte character that generation split come back as U+FFFD, not an error.
         return decode(self.tokenizer, [int(i) for i in ids])
 

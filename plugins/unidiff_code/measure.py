@@ -22,13 +22,13 @@ differ at the cut).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import time
 from dataclasses import dataclass
 
 import torch
 
+from unidiff.cli import Parser
 from unidiff.data import Segment, Tokens
 from unidiff.evaluate import evaluate_model
 from unidiff.generate import Pipeline
@@ -271,7 +271,7 @@ SECTIONS = ("likelihood", "generation", "infilling")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m unidiff_code.measure", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m unidiff_code.measure", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="code")
     p.add_argument("--ar", help="the autoregressive baseline's model folder (configs/code-ar.toml)")
     p.add_argument("--num", type=int, default=200, help="functions per table (default 200)")
@@ -310,4 +310,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

@@ -284,15 +284,40 @@ def summary(snippets: Snippets, prefixes: Snippets | None = None, suffixes: Snip
             "validity_rate": sum(flags) / len(flags) if flags else float("nan")}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Split Python files into top-level units (decorators included) and report how many parse on their own and,
-    with --doctest, the doctest outcomes of the defs and classes that have examples."""
-    import argparse
+def read_module(name: str) -> tuple[str, list[str]]:
+    """The text of a Python source file and its `top_level_units`; a file that is missing, not UTF-8, empty or
+    does not parse as a whole (its units are its top-level statements) is a `UnidiffError`."""
     from pathlib import Path
 
     from unidiff_code.corpus import read_source
 
-    p = argparse.ArgumentParser(prog="python -m unidiff_code.metrics", description=main.__doc__)
+    try:
+        source = read_source(Path(name))
+    except FileNotFoundError:
+        raise UnidiffError(f"no such file: {name}") from None
+    except OSError as e:
+        raise UnidiffError(f"cannot read {name}: {e.strerror}") from None
+    if source is None:
+        raise UnidiffError(f"{name} is not UTF-8 text: give Python source files")
+    if not source.strip():
+        raise UnidiffError(f"{name} is empty: there is no code to measure")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return source, top_level_units(source)
+    except _PARSE_ERRORS as e:
+        where = f"line {e.lineno}: {e.msg}" if getattr(e, "lineno", None) else str(e) or type(e).__name__
+        raise UnidiffError(f"{name} does not parse as Python ({where}): this command splits whole modules into "
+                           "top-level units; fix the file, or judge snippets that may not parse with "
+                           "unidiff_code.metrics.validity_rate") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Split Python files into top-level units (decorators included) and report how many parse on their own and,
+    with --doctest, the doctest outcomes of the defs and classes that have examples."""
+    from unidiff.cli import Parser
+
+    p = Parser(prog="python -m unidiff_code.metrics", description=main.__doc__)
     p.add_argument("files", nargs="+", help="Python source files")
     p.add_argument("--doctest", action="store_true", help="run the doctests of each unit that has examples")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per unit's doctests (default 5)")
@@ -300,24 +325,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="what runs before each unit: the whole file, as an import would (default), or only its "
                         "import statements (then a unit that needs the file's other names errs)")
     args = p.parse_args(argv)
+    modules = [(name, *read_module(name)) for name in args.files]  # every file is checked before any is measured
     header = ["file", "units", "parse", "rate"] + (["doctest", *OUTCOMES] if args.doctest else [])
     rows, totals = [], Counter()
-    for name in args.files:
-        path = Path(name)
-        if not path.is_file():
-            p.error(f"no such file: {name}")
-        source = read_source(path)
-        units: list[str] = []
+    for name, source, units in modules:
         outcomes: Counter = Counter()
-        try:
-            if source is None:
-                raise SyntaxError("not UTF-8 text")
-            units = top_level_units(source)
-            if args.doctest:
-                context = source if args.context == "module" else import_lines(source)
-                outcomes.update(run_doctests(unit, context, args.timeout) for unit in doctest_units(source))
-        except _PARSE_ERRORS as e:
-            print(f"{name}: does not parse as a whole ({e}); counted as 0 units", file=sys.stderr)
+        if args.doctest:
+            context = source if args.context == "module" else import_lines(source)
+            outcomes.update(run_doctests(unit, context, args.timeout) for unit in doctest_units(source))
         counts = Counter(units=len(units), parse=sum(syntax_valid(u) for u in units), doctest=sum(outcomes.values()),
                          **outcomes)
         totals.update(counts)
@@ -332,4 +347,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

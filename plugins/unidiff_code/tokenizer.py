@@ -120,8 +120,11 @@ def bytes_per_token(tok: Tokenizer, sources: Sequence[str]) -> float:
 
 def save(tok: Tokenizer, out: Path) -> None:
     """Write ``tok`` as JSON, atomically: a temporary file in the same folder, then a rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise UnidiffError(f"cannot write {out}: {e.strerror}") from None
     os.close(fd)
     try:
         tok.save(tmp, pretty=True)
@@ -138,9 +141,9 @@ def split_sources(split: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Train the code tokenizer on the train split of the stdlib corpus and write its JSON."""
-    import argparse
+    from unidiff.cli import Parser
 
-    parser = argparse.ArgumentParser(prog="python -m unidiff_code.tokenizer", description=main.__doc__)
+    parser = Parser(prog="python -m unidiff_code.tokenizer", description=main.__doc__)
     parser.add_argument("--out", required=True, type=Path, help="output JSON, e.g. tokenizers/python-bpe-8k.json")
     parser.add_argument("--merges", type=int, default=8000, help="number of BPE merges to learn (default 8000)")
     args = parser.parse_args(argv)
@@ -154,4 +157,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

@@ -18,7 +18,6 @@ from typing import Sequence
 
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff.hookspecs import hookimpl
-from unidiff_dna.metrics import reverse_complement  # noqa: F401 (part of the plugin's API)
 
 __version__ = "0.1.0"
 MODEL_DIR = Path(__file__).parent / "model"
@@ -26,6 +25,17 @@ AR_MODEL_DIR = Path(__file__).parent / "model-ar"
 ALPHABET = "ACGTN"
 IUPAC_AMBIGUOUS = "RYSWKMBDHV"
 IUPAC_MODES = ("error", "n")
+
+
+def __getattr__(name: str):
+    """`reverse_complement`, part of the plugin's API, is taken from `unidiff_dna.metrics` on first use: importing
+    that module here would load it before ``python -m unidiff_dna.metrics`` runs it (Python warns of that)."""
+    if name == "reverse_complement":
+        from unidiff_dna.metrics import reverse_complement
+
+        return reverse_complement
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 class DnaModality:
     """Nucleotides as tokens: A=0, C=1, G=2, T=3, N=4.
@@ -112,10 +122,11 @@ def register_modalities(register):
 
 @hookimpl
 def register_datasets(register):
-    from unidiff_dna.corpus import genomes, genomes_labelled
+    from unidiff_dna.corpus import CLASSES, genomes, genomes_labelled
 
     register("genomes", genomes, modality="dna")
-    register("genomes-labelled", genomes_labelled, modality="dna")
+    # conditions: the closed set of classes, so a request for another is refused, listing these
+    register("genomes-labelled", genomes_labelled, modality="dna", conditions=CLASSES)
 
 
 @hookimpl

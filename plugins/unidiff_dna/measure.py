@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -26,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from unidiff.cli import Parser
 from unidiff.data import Segment, encode_docs, make_windows
 from unidiff.evaluate import evaluate_model
 from unidiff.generate import Pipeline
@@ -213,7 +213,7 @@ def conditioning_section(args, pipe, records, rng) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m unidiff_dna.measure", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m unidiff_dna.measure", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="dna", help="diffusion model name or folder (default: dna)")
     parser.add_argument("--ar", help="folder of the autoregressive baseline (runs/dna-ar/model); omitted: no AR rows")
     parser.add_argument("--num", type=int, default=256, help="generated sequences for the sample statistics")
@@ -257,4 +257,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

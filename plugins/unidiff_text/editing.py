@@ -8,17 +8,17 @@ bytes that differ from the input (strength 0 must give 0: the identity) and the 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
+    from unidiff.cli import Parser
     from unidiff.data import Segment
     from unidiff.report import write_table
     from unidiff_text.metrics import held_out_windows, word_validity
 
-    p = argparse.ArgumentParser(prog="python -m unidiff_text.editing", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m unidiff_text.editing", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=32)
     p.add_argument("--length", type=int, default=128)
@@ -43,5 +43,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{word_validity(texts):.3f}.", "| order | strength | bytes changed | word validity | NFE/edit |",
                 rows, "python -m unidiff_text.editing", start, args.out)
 
+
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

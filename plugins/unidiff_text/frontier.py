@@ -19,7 +19,6 @@ at least 90% of held-out text's, at no more than 64 forward passes per 256 bytes
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 import time
@@ -33,11 +32,12 @@ def parse_policy(text: str) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
+    from unidiff.cli import Parser
+    from unidiff.report import machine
     from unidiff_text.metrics import distinct_words, held_out_windows, word_validity
     from unidiff_text.reference import reference_model
-    from unidiff.report import machine
 
-    p = argparse.ArgumentParser(prog="python -m unidiff_text.frontier", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m unidiff_text.frontier", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=16, help="samples per setting (default 16)")
     p.add_argument("--length", type=int, default=256, help="bytes per sample (default 256)")
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="also write the table (Markdown) to this file")
     args = p.parse_args(argv)
 
+    pipe = Pipeline.load(args.model)  # first: a wrong --model is reported before the reference model is fitted
     ref = reference_model()
     held = held_out_windows(args.length, 64)
-    pipe = Pipeline.load(args.model)
     settings = [(pol, s) for pol in args.policies for s in args.steps] + \
         [(f"threshold:{t}", args.length) for t in args.thresholds]
     lines = ["| policy | steps | temperature | remask | NFE/sample | reference bits/byte | word validity | "
@@ -86,4 +86,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

@@ -19,7 +19,6 @@ Word validity and distinct words (see `unidiff_text.metrics`) show what the guid
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections import Counter
@@ -76,12 +75,13 @@ def contains(text: str, word: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
+    from unidiff.cli import Parser
     from unidiff.data import Segment
-    from unidiff_text.corpus import title_prompt
     from unidiff.report import write_table
+    from unidiff_text.corpus import title_prompt
     from unidiff_text.metrics import distinct_words, word_validity
 
-    p = argparse.ArgumentParser(prog="python -m unidiff_text.guidance", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m unidiff_text.guidance", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("keyword", "play"), default="keyword")
     p.add_argument("--model", default="runs/text-keyword/model")
     p.add_argument("--num", type=int, default=96, help="keywords (keyword task) or samples per play (play task)")
@@ -127,5 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.seed}.", f"| guidance w | {metric} | word validity | distinct words | NFE/sample |", rows,
                 f"python -m unidiff_text.guidance --task {args.task} --model {args.model}", start, args.out)
 
+
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

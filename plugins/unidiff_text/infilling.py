@@ -16,7 +16,6 @@ variable-length hole with the blanks after the word (one arrangement among sever
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import time
@@ -68,10 +67,11 @@ def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int | None, 
 
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
+    from unidiff.cli import Parser
     from unidiff.generate import parse_holes
     from unidiff.report import write_table
 
-    p = argparse.ArgumentParser(prog="python -m unidiff_text.infilling", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m unidiff_text.infilling", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=200, help="hidden words (default 200)")
     p.add_argument("--context", type=int, default=96, help="bytes of context on each side (default 96)")
@@ -108,5 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                 "| hole | positions | exact match | right length | true word: ELBO bits/byte | NFE/fill |", rows,
                 "python -m unidiff_text.infilling", start, args.out)
 
+
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

@@ -12,7 +12,6 @@ length.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
 from typing import Iterable
@@ -56,8 +55,9 @@ def held_out_windows(length: int, n: int = 256) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     from unidiff import Pipeline
+    from unidiff.cli import Parser
 
-    p = argparse.ArgumentParser(prog="python -m unidiff_text.metrics", description="Word validity of samples.")
+    p = Parser(prog="python -m unidiff_text.metrics", description="Word validity of samples.")
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=32)
     p.add_argument("--length", type=int, default=256)
@@ -83,4 +83,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))
