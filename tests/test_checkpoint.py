@@ -400,3 +400,15 @@ def test_malformed_entry_is_a_checkpoint_error(model_copy, registry, damage):
     damage(model_copy)
     with pytest.raises(CheckpointError, match="config.json"):
         load_model(model_copy, registry)
+
+
+def test_a_plugin_factory_that_fails_is_named_with_its_error(model_copy, registry):
+    """A factory refusing the recorded options is the plugin's error, not a malformed config.json."""
+    edit_config(model_copy, lambda c: c["modalities"]["text"].update(options={"bogus": 1}))
+    with pytest.raises(CheckpointError) as e:
+        load_model(model_copy, registry)
+    msg = str(e.value)
+    assert msg.startswith("plugin 'text' (unidiff ") and "could not build modality 'text'" in msg
+    assert msg.endswith("from the options this checkpoint records ({'bogus': 1}): TypeError: TextModality() takes "
+                        "no arguments")
+    assert "malformed" not in msg

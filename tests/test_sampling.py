@@ -121,10 +121,13 @@ def tiny_denoiser(seed=0, vocab=("text", 256), n_layers=2):
 
 
 class Bytes:
-    name, vocab_size = "text", 256
+    name, vocab_size, default_length = "text", 256, 16
 
     def encode(self, s):
         return list(s.encode())
+
+    def decode(self, ids):
+        return bytes(ids).decode(errors="replace")
 
 
 def rows_of(prompts_and_lengths, layout):
@@ -383,3 +386,38 @@ def test_steps_are_shared_between_blocks_without_exceeding_the_budget():
     with pytest.raises(UnidiffError, match=r"2 step\(s\) cannot decode 4 blocks of 4 tokens"):
         sample(model, batch, Confidence(), steps=2, block_length=4)  # each block takes at least one step
     assert sample(model, batch, Confidence(), steps=4, block_length=4).nfe.tolist() == [4]
+
+
+def test_progress_counts_the_committed_targets():
+    """sample, sample_stream and sample_causal report the target tokens committed so far: monotone without
+    remasking, ending at the number of targets."""
+    from unidiff.sampling import sample_causal
+    from unidiff.stream import sample_stream
+
+    model = tiny_denoiser(3)
+    batch = collate(rows_of(REQUESTS, model.layout))
+    total = int(batch.targets.sum())
+    for run in (lambda cb: sample(model, batch, Confidence(), steps=6, progress=cb),
+                lambda cb: sample_stream(model, batch, Confidence(), 2, steps=6, progress=cb)):
+        seen = []
+        run(seen.append)
+        assert seen == sorted(seen) and seen[-1] == total and seen[0] < total
+    torch.manual_seed(0)
+    causal = Denoiser(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64, kind="autoregressive"),
+                      model.layout, {"text": make_head(type("M", (), {"vocab_size": 256}), 32)}).eval()
+    seen = []
+    sample_causal(causal, batch, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == total
+
+
+def test_an_adaptive_policy_is_not_capped_by_the_recommended_steps():
+    """A model that recommends 0.25 steps per token caps confidence decoding at 4 passes for 16 tokens; the
+    threshold policy is capped at one token per step only (threshold 1: nothing passes, one token a step)."""
+    from unidiff.generate import Pipeline
+
+    model = tiny_denoiser(4)
+    pipe = Pipeline(model, {"text": Bytes()}, {"sampling": {"steps_per_token": 0.25}})
+    assert pipe.complete("ab", length=16, policy="confidence").nfe == [4]
+    assert pipe.complete("ab", length=16, policy="threshold", policy_options={"threshold": 1.0}).nfe == [16]
+    # and the recommendation is raised to one step per block: 16 tokens in blocks of 2 take 8 steps, not 4
+    assert pipe.complete("ab", length=16, policy="confidence", block_length=2).nfe == [8]
