@@ -276,8 +276,8 @@ class Parser(argparse.ArgumentParser):
 def common_arguments() -> argparse.ArgumentParser:
     """The options every command takes: CPU threads and quiet."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: $UNIDIFF_THREADS, else "
-                                                     "every core this process may use; see bench/threads-cpu.md)")
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: $UNIDIFF_THREADS, else the "
+                                                     "cores other processes leave free; see bench/threads-cpu.md)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (it is shown only on a terminal)")
     return p
 

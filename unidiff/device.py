@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -59,9 +60,43 @@ def precision_name(dtype: torch.dtype | None) -> str:
 THREADS_ENV = "UNIDIFF_THREADS"
 
 
-def default_threads() -> int:
-    """The CPU threads a command uses unless told: every core this process may run on (torch's own default)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def default_threads(window: float = 0.1) -> int:
+    """The CPU threads a command uses unless told: the cores this process may run on that other processes are not
+    keeping busy, at least one. On a shared machine torch's own default (every core) oversubscribes them, and its
+    threads then wait on each other: beside one busy process on 2 cores, generation at batch 1 ran 3.5x slower
+    with 2 threads than with 1 (bench/threads-cpu.md). Busy cores are read from /proc/stat over ``window``
+    seconds (Linux; elsewhere every core counts as free)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    busy = _busy_cores(cores, window)
+    return max(1, len(cores) - round(busy))
+
+
+def _busy_cores(cores: list[int], window: float) -> float:
+    """How many of ``cores`` other processes kept busy over ``window`` seconds (0 where /proc/stat is unreadable)."""
+    def ticks() -> dict[int, tuple[int, int]]:
+        out = {}
+        with open("/proc/stat") as fh:
+            for line in fh:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in wanted:
+                    values = [int(v) for v in fields]
+                    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+                    out[int(name[3:])] = (sum(values[:8]), idle)
+        return out
+
+    wanted = set(cores)
+    try:
+        before = ticks()
+        time.sleep(window)
+        after = ticks()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    busy = 0.0
+    for cpu, (total, idle) in after.items():
+        if cpu in before and total > before[cpu][0]:
+            d_total, d_idle = total - before[cpu][0], idle - before[cpu][1]
+            busy += 1.0 - d_idle / d_total
+    return busy
 
 
 def set_threads(threads: int | None = None) -> int:
