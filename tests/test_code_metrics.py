@@ -238,16 +238,19 @@ def test_cli(tmp_path):
     good.write_text(PASSING + "\n\n" + FAILING.replace("square", "double") + "\n\n" + PLAIN + "\nplain(1)\n")
     other = tmp_path / "other.py"
     other.write_text("import os\n\n\nx = (1,\n     2)\n")
+    bad = tmp_path / "bad.py"  # a fill that broke its file: measured, not refused
+    bad.write_text(PASSING.replace("return x * x", "return  >>>all(x"))
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "unidiff_code.metrics", str(good), str(other), "--doctest"],
+    done = subprocess.run([sys.executable, "-m", "unidiff_code.metrics", str(good), str(other), str(bad), "--doctest"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == ""  # no RuntimeWarning from python -m
+    assert done.stderr == f"{bad}: does not parse as a whole (line 8: invalid syntax); counted as 0 units\n"
     rows = [line.split() for line in done.stdout.splitlines()]
     assert rows == [["file", "units", "parse", "rate", "doctest", "pass", "fail", "error", "timeout", "none"],
                     [str(good), "4", "4", "1.0000", "2", "1", "1", "0", "0", "0"],
                     [str(other), "2", "2", "1.0000", "0", "0", "0", "0", "0", "0"],
+                    [str(bad), "0", "0", "-", "0", "0", "0", "0", "0", "0"],
                     ["total", "6", "6", "1.0000", "2", "1", "1", "0", "0", "0"]]
 
 
@@ -256,10 +259,8 @@ def test_cli(tmp_path):
     (b"", "in.py is empty"),
     (b"\n  \n", "in.py is empty"),
     (b"x = '\xff'\n", "in.py is not UTF-8 text"),
-    (b"def f(:\n    pass\n", r"in.py does not parse as Python \(line 1: invalid syntax\)"),
-    (b"x = 1\0\n", "in.py does not parse as Python"),
 ])
-def test_read_module_refuses_what_it_cannot_split(tmp_path, content, needle):
+def test_read_module_refuses_what_it_cannot_read(tmp_path, content, needle):
     """What ``python -m unidiff_code.metrics`` reports as one line ``unidiff: error: ...`` (tests/test_plugin_tools)."""
     path = tmp_path / "in.py"
     if content is not None:
@@ -276,4 +277,15 @@ def test_read_module_refuses_a_folder(tmp_path):
 def test_read_module_returns_the_source_and_its_units(tmp_path):
     (tmp_path / "in.py").write_text("import os\n\n\ndef f():\n    pass\n")
     assert read_module(str(tmp_path / "in.py")) == ("import os\n\n\ndef f():\n    pass\n",
-                                                    ["import os\n", "def f():\n    pass\n"])
+                                                    ["import os\n", "def f():\n    pass\n"], None)
+
+
+@pytest.mark.parametrize("content, error", [
+    ("def f(:\n    pass\n", "line 1: invalid syntax"),
+    ("x = (1,\n", "line 1: '(' was never closed"),
+    ("x = 1\0\n", "source code string cannot contain null bytes"),  # ValueError, no line number
+])
+def test_read_module_measures_a_file_that_does_not_parse(tmp_path, content, error):
+    """No units and where it fails: syntax validity is the measure, so such a file is a result, not an error."""
+    (tmp_path / "in.py").write_text(content)
+    assert read_module(str(tmp_path / "in.py")) == (content, [], error)

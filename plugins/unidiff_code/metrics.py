@@ -13,6 +13,9 @@ not: the code model's functions and infills, or a real module split into its top
 ``nonlocal`` at module level) do not count. Usage::
 
     python -m unidiff_code.metrics generated.py [more.py ...] [--doctest]
+
+A file that does not parse as a whole is measured as 0 units (a note on stderr says where it fails), not refused:
+a fill that breaks its file is a result. A missing, unreadable, non-UTF-8 or empty file is an error.
 """
 
 from __future__ import annotations
@@ -284,9 +287,10 @@ def summary(snippets: Snippets, prefixes: Snippets | None = None, suffixes: Snip
             "validity_rate": sum(flags) / len(flags) if flags else float("nan")}
 
 
-def read_module(name: str) -> tuple[str, list[str]]:
-    """The text of a Python source file and its `top_level_units`; a file that is missing, not UTF-8, empty or
-    does not parse as a whole (its units are its top-level statements) is a `UnidiffError`."""
+def read_module(name: str) -> tuple[str, list[str], str | None]:
+    """A Python source file as (its text, its `top_level_units`, None). A file that does not parse as a whole is
+    measured, not refused (syntax validity is what is measured): (its text, no units, where it fails, e.g.
+    "line 9: invalid syntax"). A file that is missing, unreadable, not UTF-8 or empty is a `UnidiffError`."""
     from pathlib import Path
 
     from unidiff_code.corpus import read_source
@@ -304,17 +308,15 @@ def read_module(name: str) -> tuple[str, list[str]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return source, top_level_units(source)
+            return source, top_level_units(source), None
     except _PARSE_ERRORS as e:
-        where = f"line {e.lineno}: {e.msg}" if getattr(e, "lineno", None) else str(e) or type(e).__name__
-        raise UnidiffError(f"{name} does not parse as Python ({where}): this command splits whole modules into "
-                           "top-level units; fix the file, or judge snippets that may not parse with "
-                           "unidiff_code.metrics.validity_rate") from None
+        return source, [], f"line {e.lineno}: {e.msg}" if getattr(e, "lineno", None) else str(e) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
     """Split Python files into top-level units (decorators included) and report how many parse on their own and,
-    with --doctest, the doctest outcomes of the defs and classes that have examples."""
+    with --doctest, the doctest outcomes of the defs and classes that have examples. A file that does not parse
+    as a whole (e.g. a generated fill) counts as 0 units, with a note on stderr saying where it fails."""
     from unidiff.cli import Parser
 
     p = Parser(prog="python -m unidiff_code.metrics", description=main.__doc__)
@@ -328,9 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     modules = [(name, *read_module(name)) for name in args.files]  # every file is checked before any is measured
     header = ["file", "units", "parse", "rate"] + (["doctest", *OUTCOMES] if args.doctest else [])
     rows, totals = [], Counter()
-    for name, source, units in modules:
+    for name, source, units, error in modules:
         outcomes: Counter = Counter()
-        if args.doctest:
+        if error is not None:
+            print(f"{name}: does not parse as a whole ({error}); counted as 0 units", file=sys.stderr)
+        elif args.doctest:
             context = source if args.context == "module" else import_lines(source)
             outcomes.update(run_doctests(unit, context, args.timeout) for unit in doctest_units(source))
         counts = Counter(units=len(units), parse=sum(syntax_valid(u) for u in units), doctest=sum(outcomes.values()),
