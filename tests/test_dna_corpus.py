@@ -91,9 +91,10 @@ def test_unknown_split(dataset):
 
 
 def test_datasets_are_registered(registry):
-    for name, fn in (("genomes", corpus.genomes), ("genomes-labelled", corpus.genomes_labelled)):
+    for name, fn, extra in (("genomes", corpus.genomes, {}),
+                            ("genomes-labelled", corpus.genomes_labelled, {"conditions": corpus.CLASSES})):
         builder, meta = registry.dataset(name)
-        assert builder is fn and meta == {"modality": "dna"}
+        assert builder is fn and meta == {"modality": "dna", **extra}
 
 
 def test_load_missing_corpus(tmp_path):
