@@ -20,6 +20,7 @@ EXIT_USER_ERROR = 2
 
 def cmd_train(args) -> None:
     from unidiff.config import load_config
+    from unidiff.device import run_conditions
     from unidiff.train import train
 
     cfg = load_config(args.config, args.set or [])
@@ -29,7 +30,7 @@ def cmd_train(args) -> None:
     if result.eval is not None:
         objective = "NLL" if cfg.model.kind == "autoregressive" else "ELBO"
         print(f"held-out {objective}: {result.eval.summary()}", file=sys.stderr)
-    where = f"model: {result.out_dir / 'model'} ({result.precision}, {result.threads} CPU thread(s))"
+    where = f"model: {result.out_dir / 'model'} ({run_conditions(result.precision)})"
     if result.steps_run == 0:
         print(f"{result.out_dir / 'last'} had already finished all {result.step} steps: nothing to train; {where}. "
               f"Raise train.steps to train on, or pick a fresh train.out_dir", file=sys.stderr)
@@ -178,8 +179,7 @@ def cmd_edit(args) -> None:
 def cmd_eval(args) -> None:
     import time
 
-    import torch
-
+    from unidiff.device import run_conditions
     from unidiff.evaluate import evaluate_model
 
     start = time.time()
@@ -190,8 +190,7 @@ def cmd_eval(args) -> None:
     for name, bits in result.bits_per_token.items():
         print(f"  {name}: {bits:.4f} bits/token  ({result.nats_per_token[name]:.4f} nats/token, "
               f"{result.tokens[name]} tokens)")
-    print(f"evaluated in {time.time() - start:.1f} s ({info['precision']}, {torch.get_num_threads()} CPU thread(s))",
-          file=sys.stderr)
+    print(f"evaluated in {time.time() - start:.1f} s ({run_conditions(info['precision'])})", file=sys.stderr)
 
 
 def cmd_bench(args) -> None:

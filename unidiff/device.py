@@ -60,6 +60,11 @@ def precision_name(dtype: torch.dtype | None) -> str:
 THREADS_ENV = "UNIDIFF_THREADS"
 
 
+def run_conditions(precision: str) -> str:
+    """What a command's closing line says it ran with: "fp32, 2 CPU thread(s)"."""
+    return f"{precision}, {torch.get_num_threads()} CPU thread(s)"
+
+
 def default_threads(window: float = 0.1) -> int:
     """The CPU threads a command uses unless told: the cores this process may run on that other processes are not
     keeping busy, at least one. On a shared machine torch's own default (every core) oversubscribes them, and its

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from unidiff.checkpoint import load_model
 from unidiff.data import Row, Segment, Tokens, collate, encode_row
-from unidiff.device import autocast, precision_name, resolve_device, resolve_precision
+from unidiff.device import autocast, precision_name, resolve_device, resolve_precision, run_conditions
 from unidiff.errors import UnidiffError
 from unidiff.plugins import Registry
 from unidiff.sampling import GroupSpec, SampleOutput, sample, sample_causal
@@ -79,8 +79,7 @@ class Generation:
         nfe = sorted(set(self.nfe))
         nfe_s = str(nfe[0]) if len(nfe) == 1 else f"{nfe[0]}-{nfe[-1]}"
         return (f"{len(self.samples)} sample(s), {sum(self.generated)} tokens in {self.seconds:.2f} s: "
-                f"NFE {nfe_s} per sample, {self.tokens_per_second:.0f} tokens/s ({self.precision}, "
-                f"{torch.get_num_threads()} CPU thread(s))")
+                f"NFE {nfe_s} per sample, {self.tokens_per_second:.0f} tokens/s ({run_conditions(self.precision)})")
 
 
 def decode_row(ids: torch.Tensor, row: Row, layout: VocabLayout, modalities) -> list[tuple[str, Any]]:
@@ -289,14 +288,16 @@ class Pipeline:
                 done = bar.n
                 outs.append(sample_causal(model, collate(part), seeds=seed + i, temperature=temperature, top_k=top_k,
                                           top_p=top_p, amp_dtype=self.amp_dtype,
-                                          progress=lambda n, done=done: bar.update(done + n - bar.n)))
+                                          progress=(lambda n, done=done: bar.update(done + n - bar.n))
+                                          if not bar.disable else None))
             out = _concat(outs)
         else:
             settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
                             amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
                             groups=specs, cache=cache if self.model.cfg.kind == "diffusion" else False)
             batch = collate(rows, groups if specs else None)
-            settings["progress"] = lambda n: bar.update(n - bar.n)
+            # only for a bar that shows: counting the committed tokens costs a reduction per step
+            settings["progress"] = (lambda n: bar.update(n - bar.n)) if not bar.disable else None
             if max_batch is not None and max_batch < len(rows):  # continuous batching in max_batch slots
                 out = sample_stream(model, batch, pol, max_batch, steps=steps, seeds=seed, **settings)
             else:

@@ -49,7 +49,6 @@ class TrainResult:
     seconds: float
     steps_run: int = 0  # steps this call trained (0: a resumed run that had already finished)
     precision: str = "fp32"  # what the forward passes ran in
-    threads: int = 1  # torch's CPU threads
 
 
 def lr_at(step: int, cfg) -> float:
@@ -164,8 +163,7 @@ def train(cfg: Config, registry: Registry | None = None, modality: Modality | No
         if step % tc.save_every == 0 or done:
             _save(out, model, ema, opt, generator, step, modalities, registry, extra, last_eval)
     bar.close()
-    return TrainResult(out, ema.eval(), step, last_eval, time.time() - t_start, step - first_step, precision_name(amp),
-                       torch.get_num_threads())
+    return TrainResult(out, ema.eval(), step, last_eval, time.time() - t_start, step - first_step, precision_name(amp))
 
 
 def _save(out, model, ema, opt, generator, step, modalities, registry, extra, last_eval) -> None:
