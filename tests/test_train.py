@@ -15,6 +15,7 @@ import unidiff.train as train_mod
 from unidiff.checkpoint import load_model
 from unidiff.config import Config, DataConfig, TrainConfig
 from unidiff.errors import CheckpointError, UnidiffError
+from unidiff.fs import OutputError
 from unidiff.model import ModelConfig
 from unidiff.plugins import Registry
 from unidiff.train import STATE, lr_at, train
@@ -120,7 +121,8 @@ def test_run_layout_log_and_figures(reference):
     out, result = reference
     assert result.step == N and result.out_dir == out
     assert not result.model.training
-    assert sorted(p.name for p in out.iterdir()) == ["last", "log.jsonl", "model"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "last", "log.jsonl", "model"]
+    assert (out / ".lock").read_text() == ""  # the pid of a run in progress; empty once it ended
     assert sorted(p.name for p in (out / "last").iterdir()) == ["config.json", "model.safetensors", STATE]
     assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors"]
     assert saved_step(out) == N
@@ -281,11 +283,14 @@ def failing_save_file(monkeypatch, fail_on_call: int) -> list:
 def test_crash_while_saving_last_keeps_previous_checkpoint(reference, registry, tmp_path, monkeypatch):
     calls = failing_save_file(monkeypatch, fail_on_call=4)  # the last/ write at step N (model/ goes first)
     cfg = tiny_cfg(tmp_path)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError) as e:
         run(cfg, registry)
+    assert str(e.value) == (f"cannot write {tmp_path / 'last'}: no space is left on the device (ENOSPC): free some "
+                            f"space, or set train.out_dir to another folder ({tmp_path / 'last'} still holds step "
+                            f"{N // 2}, and a re-run resumes from it)")
     monkeypatch.undo()
     assert calls == [".model.tmp", ".last.tmp", ".model.tmp", ".last.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "log.jsonl", "model"]  # no .last.tmp
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "last", "log.jsonl", "model"]  # no .last.tmp
     assert saved_step(tmp_path) == N // 2
     model, _, config = load_model(tmp_path / "last", registry)  # still loadable
     assert config["training"]["train"]["steps"] == N
@@ -304,11 +309,11 @@ def test_crash_while_saving_last_keeps_previous_checkpoint(reference, registry, 
 
 def test_crash_while_saving_model_keeps_previous_export(registry, tmp_path, monkeypatch):
     calls = failing_save_file(monkeypatch, fail_on_call=3)  # the model/ write at step N
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'model'}: no space is left on the device"):
         run(tiny_cfg(tmp_path), registry)
     monkeypatch.undo()
     assert calls == [".model.tmp", ".last.tmp", ".model.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "log.jsonl", "model"]  # no .model.tmp
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "last", "log.jsonl", "model"]  # no .model.tmp
     assert saved_step(tmp_path) == N // 2
     assert figures(tmp_path / "model")["step"] == N // 2
     load_model(tmp_path / "model", registry)
@@ -317,7 +322,7 @@ def test_crash_while_saving_model_keeps_previous_export(registry, tmp_path, monk
 def test_rerun_after_crash_in_final_model_save_updates_model(reference, registry, tmp_path, monkeypatch):
     failing_save_file(monkeypatch, fail_on_call=3)
     cfg = tiny_cfg(tmp_path)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError):
         run(cfg, registry)
     monkeypatch.undo()
     result = run(cfg, registry)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from unidiff.data import Segment, Tokens, collate, encode_docs, make_windows
 from unidiff.errors import UnidiffError
 from unidiff.evaluate import evaluate
+from unidiff.fs import atomic_write
 from unidiff.generate import Generation, Pipeline
 from unidiff.modality import sample_metrics, sample_metrics_doc
 from unidiff.policies import Confidence
@@ -548,8 +548,5 @@ def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: 
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text, "give --out another path")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from unidiff.errors import UnidiffError
+from unidiff.fs import atomic_path, ensure_writable
 
 EXIT_USER_ERROR = 2
 
@@ -26,12 +27,14 @@ def cmd_train(args) -> None:
     cfg = load_config(args.config, args.set or [])
     if args.no_progress or args.quiet:
         cfg.train.progress = False
-    result = train(cfg)
+    result = train(cfg, fresh=args.fresh)
     if result.eval is not None:
         objective = "NLL" if cfg.model.kind == "autoregressive" else "ELBO"
         print(f"held-out {objective}: {result.eval.summary()}", file=sys.stderr)
-    where = f"model: {result.out_dir / 'model'} ({run_conditions(result.precision)})"
+    model = result.out_dir / "model"
+    where = f"model: {model} ({run_conditions(result.precision)})"
     if result.steps_run == 0:
+        where = where if model.is_dir() else f"{model} is gone: train again with --fresh to make it anew"
         print(f"{result.out_dir / 'last'} had already finished all {result.step} steps: nothing to train; {where}. "
               f"Raise train.steps to train on, or pick a fresh train.out_dir", file=sys.stderr)
     else:
@@ -59,11 +62,8 @@ def emit(gen, modality, args) -> None:
     """Samples to --out (in the modality's format) or stdout; the NFE and speed report to stderr."""
     if args.out:
         out = Path(args.out)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            modality.write(gen.texts, out)
-        except OSError as e:
-            raise UnidiffError(f"cannot write {out}: {e.strerror}") from None
+        with atomic_path(out, "give --out another path") as tmp:  # a full disk leaves no half-written file
+            modality.write(gen.texts, tmp)
         print(f"wrote {out}", file=sys.stderr)
     else:
         show = getattr(modality, "show", None)  # a terminal preview of content that is not text (images)
@@ -81,8 +81,18 @@ def load_pipeline(args):
     return Pipeline.load(args.model, device=args.device, precision=args.precision, quantize=args.quantize)
 
 
+def check_out(args) -> None:
+    """Refuse an --out that cannot be written before any work: a folder, or a place where no file can be made."""
+    if getattr(args, "out", None):
+        out = Path(args.out)
+        if out.name in ("", ".", "..") or out.is_dir():
+            raise UnidiffError(f"--out {args.out} is a folder: give the path of a file (e.g. {out / 'out'})")
+        ensure_writable(out.parent, "give --out another path")
+
+
 def _sample_command(args, call) -> None:
     """Load the model, run ``call(pipeline, **sampling options)``, write the samples and the report."""
+    check_out(args)
     pipe = load_pipeline(args)
     emit(call(pipe, **sampling_options(args)), pipe.modality(args.modality), args)
 
@@ -137,6 +147,7 @@ def cmd_caption(args) -> None:
 def cmd_inpaint(args) -> None:
     from unidiff.data import regenerate_positions
 
+    check_out(args)
     pipe = load_pipeline(args)
     m = pipe.modality(args.modality)
     if not hasattr(m, "cells_of_box"):
@@ -196,6 +207,7 @@ def cmd_eval(args) -> None:
 def cmd_bench(args) -> None:
     from unidiff.bench import Setting, run_bench
 
+    check_out(args)  # before the minutes of measurement, not at the first row
     out = Path(args.out) if args.out else None
     settings = [Setting.parse(t) for t in args.setting] if args.setting else None
     text = run_bench(args.diffusion, args.autoregressive, args.lengths, args.batches, settings=settings,
@@ -369,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one config key, e.g. --set train.steps=100 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--fresh", action="store_true",
+                   help="discard OUT_DIR/last and OUT_DIR/log.jsonl of an earlier run and start at step 0 "
+                        "(OUT_DIR/model stays until the first save replaces it, so --set train.init=OUT_DIR/model "
+                        "may start from it)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate samples from a model", parents=common, description=(

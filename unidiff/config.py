@@ -9,6 +9,7 @@ for the trained model, stored in its config.json); every key is a field of the m
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,28 @@ class SampleConfig:
     schedule: str = "linear"  # time grid of the reverse steps (cosine: MaskGIT's, few tokens first)
     chosen_by: str = ""  # the measurement that chose them
 
+    def validate(self, section: str = "sample") -> "SampleConfig":
+        """Check types and ranges (a config.json may hold anything); raises `UnidiffError` naming
+        ``<section>.<key>`` (e.g. "sampling.temperature" for a checkpoint's recommendation)."""
+        check_types(section, self)
+        if not self.policy:
+            raise UnidiffError(f"config key {section}.policy must name an unmasking policy (e.g. \"confidence\")")
+        for key, lo, hi, low_open in (("temperature", 0, MAX_TEMPERATURE, False), ("steps_per_token", 0, 1, True),
+                                      ("remask", 0, 1, False), ("guidance", 0, MAX_GUIDANCE, False)):
+            _in_range(f"{section}.{key}", getattr(self, key), lo, hi, low_open=low_open, high_open=False)
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict, section: str = "sampling") -> "SampleConfig":
+        """The settings a config.json records under ``section``, checked: unknown keys, wrong types and values out
+        of range raise `UnidiffError` naming the key."""
+        if not isinstance(d, dict):
+            raise UnidiffError(f"{section} must be a table of key = value pairs; got {d!r}")
+        sc = cls()
+        for key, value in d.items():
+            _assign(sc, section, key, value)
+        return sc.validate(section)
+
 
 @dataclass
 class Config:
@@ -85,11 +108,14 @@ class Config:
     def validate(self) -> "Config":
         """Check values that types alone do not; raises `UnidiffError` naming the key and the valid range."""
         m, d, t = self.model, self.data, self.train
+        for section in ("model", "data", "train"):
+            check_types(section, getattr(self, section))
         positive = {"model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
                     "model.max_len": m.max_len, "data.seq_len": d.seq_len, "train.steps": t.steps,
                     "train.batch_size": t.batch_size, "train.eval_every": t.eval_every,
-                    "train.eval_windows": t.eval_windows, "train.save_every": t.save_every, "train.lr": t.lr,
-                    "model.mlp_ratio": m.mlp_ratio, "model.rope_base": m.rope_base}
+                    "train.eval_windows": t.eval_windows, "train.save_every": t.save_every,
+                    "model.mlp_ratio": m.mlp_ratio, "model.rope_base": m.rope_base,
+                    "train.grad_clip": t.grad_clip}  # grad_clip 0 would zero every update
         for key, value in positive.items():
             if not value > 0:
                 raise UnidiffError(f"config key {key} must be positive; got {value}")
@@ -98,21 +124,21 @@ class Config:
         if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
             raise UnidiffError(f"model.d_model ({m.d_model}) / model.n_heads ({m.n_heads}) must be a whole, even "
                                f"head size (rotary embeddings rotate pairs of dimensions)")
+        _in_range("train.lr", t.lr, 0, MAX_LR, low_open=True, high_open=False)
         ranges = {"model.dropout": (m.dropout, 0, 1, False), "train.ema": (t.ema, 0, 1, False),
                   "train.min_lr_ratio": (t.min_lr_ratio, 0, 1, True), "train.beta1": (t.beta1, 0, 1, False),
                   "train.beta2": (t.beta2, 0, 1, False), "data.cond_dropout": (d.cond_dropout, 0, 1, True),
                   "data.cond_target": (d.cond_target, 0, 1, True), "data.content_given": (d.content_given, 0, 1, True)}
         for key, (value, lo, hi, closed) in ranges.items():
-            if not (lo <= value <= hi if closed else lo <= value < hi):
-                raise UnidiffError(f"config key {key} must lie in [{lo}, {hi}{']' if closed else ')'}; got {value}")
-        sc = self.sample
-        if not (sc.temperature >= 0 and 0 < sc.steps_per_token <= 1 and 0 <= sc.remask <= 1 and sc.guidance >= 0):
-            raise UnidiffError(f"[sample] needs temperature >= 0, 0 < steps_per_token <= 1, 0 <= remask <= 1 and "
-                               f"guidance >= 0; got {sc.temperature}, {sc.steps_per_token}, {sc.remask}, "
-                               f"{sc.guidance}")
+            _in_range(key, value, lo, hi, low_open=False, high_open=not closed)
+        if not 0 <= t.seed < 2 ** 62:
+            raise UnidiffError(f"config key train.seed must lie in [0, 2**62); got {t.seed}")
+        self.sample.validate()
         if t.save_dtype not in SAVE_DTYPES:
             raise UnidiffError(f"config key train.save_dtype must be one of {', '.join(SAVE_DTYPES)}; got "
                                f"{t.save_dtype!r}")
+        if not t.out_dir.strip():
+            raise UnidiffError("config key train.out_dir is empty: name the folder the run writes, e.g. runs/mine")
         if (d.cond_target or d.cond_hole) and m.kind == "autoregressive":
             raise UnidiffError("data.cond_target and data.cond_hole need model.kind = \"diffusion\"")
         if d.holes and m.kind == "autoregressive":
@@ -120,13 +146,14 @@ class Config:
         if d.hole_max < 1:
             raise UnidiffError(f"config key data.hole_max must be at least 1; got {d.hole_max}")
         for key, value in {"train.warmup": t.warmup, "train.weight_decay": t.weight_decay,
-                           "train.grad_clip": t.grad_clip, "data.holes": d.holes,
-                           "data.cond_hole": d.cond_hole}.items():
+                           "data.holes": d.holes, "data.cond_hole": d.cond_hole}.items():
             if value < 0:
                 raise UnidiffError(f"config key {key} must not be negative; got {value}")
         if d.seq_len > m.max_len:
             raise UnidiffError(f"data.seq_len {d.seq_len} exceeds model.max_len {m.max_len}: raise max_len or "
                                f"shorten the windows")
+        if hasattr(m, "validate"):  # the model's own checks (those a checkpoint's config.json also passes)
+            m.validate()
         return self
 
     @classmethod
@@ -142,6 +169,38 @@ class Config:
 
 
 SAVE_DTYPES = ("fp32", "fp16")
+MAX_LR = 1  # AdamW moves each weight by about lr per step: beyond 1 a run only diverges
+MAX_TEMPERATURE = 100  # beyond it float32 logits / T are all but uniform, and a huge T overflows
+MAX_GUIDANCE = 100  # uncond + w * (cond - uncond) overflows float32 long before w = 1e308
+
+
+def _kind(default) -> tuple[type | tuple[type, ...], str] | None:
+    """(accepted types, their name in an error) of a field whose default is ``default``; None: not checked."""
+    for typ, name in ((bool, "a bool (true or false)"), (float, "a float"), (int, "an int"), (str, "a string")):
+        if isinstance(default, typ):
+            return ((int, float) if typ is float else typ), name
+    return None
+
+
+def check_types(section: str, sub: Any) -> None:
+    """Every field of the dataclass ``sub`` holds its default's type (a bool is no int, an int is a float) and every
+    float is finite; raises `UnidiffError` naming ``<section>.<key>``."""
+    for f in dataclasses.fields(sub):
+        kind = _kind(f.default)
+        if kind is None:
+            continue
+        value, (types, name) = getattr(sub, f.name), kind
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+            raise UnidiffError(f"config key {section}.{f.name} takes {name}; got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UnidiffError(f"config key {section}.{f.name} must be a finite number; got {value}")
+
+
+def _in_range(key: str, value, lo, hi, low_open: bool, high_open: bool) -> None:
+    if not ((lo < value if low_open else lo <= value) and (value < hi if high_open else value <= hi)):
+        interval = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+        raise UnidiffError(f"config key {key} must lie in {interval}; got {value}")
+
 
 # Keys that an older unidiff knew, with what replaced them.
 RENAMED = {"data.blank_runs": "use data.holes (variable-length holes are now trained as whole holes, see "

@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from unidiff.fs import atomic_write
+
 
 def machine() -> str:
     """The CPU model, torch's thread count, the torch version and the GPU if there is one."""
@@ -48,5 +50,4 @@ def write_table(about: str, header: str, rows: list[str], command: str, start: f
     text = f"{stamp(about, command, start)}\n\n{table}\n"
     print(table)
     if out:
-        with open(out, "w") as fh:
-            fh.write(text)
+        atomic_write(out, text, "give --out another path")
