@@ -319,7 +319,13 @@ def _inconsistent_layout(folder: Path):
 
 
 def _other_vocab_size(folder: Path):
+    """A checkpoint (config and weights alike) of a text plugin version with 100 tokens."""
     edit_config(folder, lambda c: c["layout"].update(sizes={"text": 100}, size=104))
+    path = folder / "model.safetensors"
+    state = load_file(str(path))
+    state["tok_emb.weight"] = state["tok_emb.weight"][:104]
+    state["heads.text.weight"] = state["heads.text.weight"][:100]
+    save_file(state, str(path))
 
 
 def _missing_plugin(folder: Path):

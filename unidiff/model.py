@@ -12,6 +12,7 @@ or schedules.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,29 @@ class ModelConfig:
     # "diffusion": bidirectional denoiser; "autoregressive": the same network with a causal mask whose output at
     # position j is computed from positions < j (the baseline diffusion is compared with, see `Denoiser.features`).
     kind: str = "diffusion"
+
+    def validate(self) -> "ModelConfig":
+        """Check every field's type and range (a config.json may hold anything); raises `UnidiffError` naming
+        ``model.<key>``, its value and what it must be."""
+        def need(key: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise UnidiffError(f"model.{key} = {getattr(self, key)!r} is invalid: it must be {what}")
+
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for key in ("d_model", "n_layers", "n_heads", "max_len"):
+            v = getattr(self, key)
+            need(key, isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer")
+        need("mlp_ratio", number(self.mlp_ratio) and self.mlp_ratio * self.d_model >= 1,
+             f"a finite number with mlp_ratio * d_model >= 1 (d_model = {self.d_model})")
+        need("dropout", number(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)")
+        need("rope_base", number(self.rope_base) and self.rope_base > 1, "a finite number above 1")
+        need("kind", isinstance(self.kind, str) and self.kind in KINDS, f"one of {', '.join(map(repr, KINDS))}")
+        need("n_heads", not self.d_model % self.n_heads and not (self.d_model // self.n_heads) % 2,
+             f"a divisor of d_model = {self.d_model} that leaves an even head size (rotary embeddings rotate pairs "
+             f"of dimensions)")
+        return self
 
 
 KINDS = ("diffusion", "autoregressive")

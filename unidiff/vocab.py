@@ -19,6 +19,7 @@ PAD, MASK, a BOS/EOS marker or another modality's ids (`allowed`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -69,10 +70,15 @@ class VocabLayout:
         self.blank = nxt if blank else None  # the BLANK id, or None
         self.size = nxt + int(self.has_blank)
         self.markers = bool(markers) or len(self.blocks) > 1
-        # (M, V) bool: which global ids a position of each modality may predict.
-        self.allowed_table = torch.zeros(len(self.blocks), self.size, dtype=torch.bool)
+
+    @functools.cached_property
+    def allowed_table(self) -> torch.Tensor:
+        """(M, V) bool: which global ids a position of each modality may predict. Built on first use, so that
+        reading a layout (a checkpoint's, before its sizes are checked against its weights) allocates nothing."""
+        table = torch.zeros(len(self.blocks), self.size, dtype=torch.bool, device="cpu")
         for b in self.blocks.values():
-            self.allowed_table[b.index, b.start:b.stop] = True
+            table[b.index, b.start:b.stop] = True
+        return table
 
     @property
     def names(self) -> list[str]:
@@ -116,11 +122,34 @@ class VocabLayout:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VocabLayout":
-        layout = cls(d["sizes"], blank=bool(d.get("blank", False)), markers=bool(d.get("markers", False)))
+    def from_dict(cls, d: dict, where: str = "config.json") -> "VocabLayout":
+        """The layout a checkpoint's config.json (``where``) records; a malformed entry raises `CheckpointError`
+        naming it."""
+        def bad(key: str, value, what: str) -> CheckpointError:
+            return CheckpointError(f"{where}: {key} = {value!r} is invalid: it must be {what}; the checkpoint's "
+                                   f"config.json is damaged: restore it or re-train the model")
+
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(d, dict):
+            raise bad("layout", d, "a JSON object")
+        sizes = d.get("sizes")
+        if not isinstance(sizes, dict) or not sizes:
+            raise bad("layout.sizes", sizes, "a JSON object of modality name -> vocabulary size")
+        for name, n in sizes.items():
+            if not integer(n) or n <= 0:
+                raise bad(f"layout.sizes.{name}", n, "a positive integer")
+        for key in ("blank", "markers"):
+            if not isinstance(d.get(key, False), bool):
+                raise bad(f"layout.{key}", d[key], "true or false")
+        if not integer(d.get("size", 0)):
+            raise bad("layout.size", d["size"], "an integer")
+        layout = cls(sizes, blank=d.get("blank", False), markers=d.get("markers", False))
         if layout.size != d.get("size", layout.size):
             raise CheckpointError(f"vocabulary layout in checkpoint says size {d['size']} but its ranges give "
-                                  f"{layout.size}: the checkpoint's config.json is inconsistent")
+                                  f"{layout.size}: the checkpoint's config.json is inconsistent ({where}); restore "
+                                  f"it or re-train the model")
         return layout
 
     def __eq__(self, other: object) -> bool:
