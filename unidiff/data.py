@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from unidiff.errors import ModalityInputError, UnidiffError
-from unidiff.modality import Modality
+from unidiff.modality import Modality, checked_encode
 from unidiff.rng import STREAM_EDIT, hashed_uniform
 from unidiff.vocab import MASK, PAD, VocabLayout
 
@@ -164,7 +164,7 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
         else:
             try:
                 local = list(seg.content) if isinstance(seg.content, Tokens) else \
-                    modalities[seg.modality].encode(seg.content)
+                    checked_encode(modalities[seg.modality], seg.content)
                 part = layout.to_global(seg.modality, local).tolist()
             except (ModalityInputError, ValueError) as e:
                 raise ModalityInputError(f"segment {i} ({seg.modality}): {e}") from None
@@ -233,7 +233,7 @@ class Document:
 
 
 def _local(modality: Modality, content: Any) -> list[int]:
-    return list(content) if isinstance(content, Tokens) else modality.encode(content)
+    return list(content) if isinstance(content, Tokens) else checked_encode(modality, content)
 
 
 def regenerate_positions(modality: str, ids: Sequence[int], hide: set[int] | Sequence[int]) -> list[Segment]:

@@ -30,3 +30,8 @@ class ModalityInputError(UnidiffError, ValueError):
 
 class CheckpointError(UnidiffError):
     """A checkpoint folder that is missing, corrupt, truncated or needs an absent plugin."""
+
+
+class PluginError(UnidiffError):
+    """A plugin that misbehaved (a bad registration, or encode/decode that failed or returned bad ids); the
+    message names the plugin and the offending value."""

@@ -5,6 +5,12 @@ it adds the hookspecs and the core's own hook implementations, blocks the plugin
 ``UNIDIFF_DISABLE_PLUGINS`` (comma separated), and loads the ``unidiff`` entry-point group one plugin at a time, so
 a plugin that fails to import is reported by name while the others still load. `Registry` then calls every
 plugin's ``register_*`` hooks with a callback and keeps what they register, sorted by name.
+
+Plugins are isolated from each other: a plugin that fails to import (anything it raises, ``sys.exit`` included),
+whose hooks have the wrong signature, whose hook raises, or that registers a wrong value or a name another plugin
+already holds, is recorded in `Registry.broken` with its package and the reason, and everything else keeps working.
+A hook that raises registers nothing; a refused registration drops only that one entry. Built-in plugins register
+first, so a third-party plugin that reuses a built-in's name is the one that loses.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from typing import Any, Callable
 import pluggy
 
 from unidiff import hookspecs
-from unidiff.errors import UnidiffError, UnknownNameError
+from unidiff.errors import PluginError, UnidiffError, UnknownNameError
+from unidiff.modality import short_repr, vocab_size_problem
 
 GROUP = "unidiff"
 DISABLE_ENV = "UNIDIFF_DISABLE_PLUGINS"
 # Core modules that implement hooks themselves, registered like plugins but not through entry points.
 CORE_PLUGINS = ("unidiff.policies",)
+BUILTIN_PACKAGE = "unidiff"  # the distribution of the core and the built-in plugins, which register first
 
 
 @dataclass
@@ -53,24 +61,48 @@ def get_plugin_manager() -> pluggy.PluginManager:
     for modname in CORE_PLUGINS:
         if not pm.is_blocked(modname):
             pm.register(importlib.import_module(modname), name=modname)
-            pm.unidiff_info[modname] = PluginInfo(modname, "unidiff", _version("unidiff"), modname)
+            pm.unidiff_info[modname] = PluginInfo(modname, BUILTIN_PACKAGE, _version(BUILTIN_PACKAGE), modname)
     seen = set()
     for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
         if ep.name in seen or pm.is_blocked(ep.name):
             continue  # the same distribution may be visible twice on sys.path
         seen.add(ep.name)
+        dist = ep.dist
+        info = PluginInfo(ep.name, dist.name if dist else "?", dist.version if dist else "?", ep.value)
+        who, package = f"plugin {ep.name!r}", f"{info.package} {info.version}"  # the reason names the package
         try:
             plugin = ep.load()
-        except Exception as e:  # a broken plugin must not take the others down
-            pm.unidiff_broken[ep.name] = f"{type(e).__name__}: {e}"
-            warnings.warn(f"unidiff plugin {ep.name!r} ({ep.value}) failed to import and was skipped: "
-                          f"{type(e).__name__}: {e}", stacklevel=2)
+        except (Exception, SystemExit) as e:  # a broken plugin, even one that exits, must not take the others down
+            _mark_broken(pm.unidiff_broken, ep.name, who, f"{package} failed to import", e)
             continue
-        pm.register(plugin, name=ep.name)
-        dist = ep.dist
-        pm.unidiff_info[ep.name] = PluginInfo(ep.name, dist.name if dist else "?",
-                                              dist.version if dist else "?", ep.value)
+        try:
+            pm.register(plugin, name=ep.name)
+        except Exception as e:  # a hook of the wrong signature (PluginValidationError), one module under two names
+            if pm.get_plugin(ep.name) is plugin:
+                pm.unregister(name=ep.name)  # pluggy may have added some of its hooks before refusing one
+            _mark_broken(pm.unidiff_broken, ep.name, who, f"{package} could not be registered", e)
+            continue
+        pm.unidiff_info[ep.name] = info
     return pm
+
+
+def describe(info: PluginInfo | None, name: str = "?") -> str:
+    """How messages name a plugin: ``plugin 'quad' (quadplug 0.1.0)``, or only its name if its package is unknown."""
+    if info is None:
+        return f"plugin {name!r}"
+    return f"plugin {info.name!r} ({info.package} {info.version})"
+
+
+def _mark_broken(broken: dict[str, str], name: str, who: str, what: str, error: BaseException | str,
+                 fix: str | None = None) -> None:
+    """Record (and warn) why a plugin is broken, on one line; a second reason is appended to the first. The warning
+    adds ``fix`` (default: fix, reinstall or disable the plugin)."""
+    why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    reason = " ".join(f"{what}: {why}".split())  # pluggy's messages span lines; a report is one line per plugin
+    broken[name] = f"{broken[name]}; {reason}" if name in broken else reason
+    fix = f"fix or reinstall it, or disable it with {DISABLE_ENV}={name}" if fix is None else fix
+    warnings.warn(f"unidiff {who}: {reason}; the other plugins still work" + (f": {fix}" if fix else ""),
+                  stacklevel=3)
 
 
 def _version(dist: str) -> str:
@@ -100,29 +132,75 @@ class Registry:
         self.entries: dict[str, dict[str, Any]] = {k: {} for k in self.KINDS}
         for kind in self.KINDS:
             caller = getattr(self.pm.hook, f"register_{kind}")
-            for impl in caller.get_hookimpls():
+            for impl in sorted(caller.get_hookimpls(), key=lambda i: not self.builtin(i.plugin_name)):
+                staged: list[tuple[str, Any, dict]] = []
+                args = {"register": self._registrar(kind, impl.plugin_name, staged)} if "register" in impl.argnames \
+                    else {}
                 try:
-                    impl.function(register=self._registrar(kind, impl.plugin_name))
-                except UnidiffError:
-                    raise
-                except Exception as e:
-                    self.broken[impl.plugin_name] = f"register_{kind} failed: {type(e).__name__}: {e}"
-                    warnings.warn(f"unidiff plugin {impl.plugin_name!r}: register_{kind} failed: {e}", stacklevel=2)
+                    impl.function(**args)
+                except (Exception, SystemExit) as e:  # what it registered before failing is dropped with it
+                    self._broken(impl.plugin_name, f"register_{kind} failed", e)
+                    continue
+                for name, obj, meta in staged:
+                    self._add(kind, impl.plugin_name, name, obj, meta)
         for kind in self.KINDS:
             self.entries[kind] = dict(sorted(self.entries[kind].items()))
 
-    def _registrar(self, kind: str, plugin: str) -> Callable:
+    def builtin(self, plugin: str) -> bool:
+        """Whether ``plugin`` ships with unidiff (the core's hooks and the built-in modalities)."""
+        info = self.info.get(plugin)
+        return info is not None and info.package == BUILTIN_PACKAGE
+
+    def describe(self, plugin: str) -> str:
+        return describe(self.info.get(plugin), plugin)
+
+    def _broken(self, plugin: str, what: str, error: BaseException | str, fix: str | None = None) -> None:
+        _mark_broken(self.broken, plugin, self.describe(plugin), what, error, fix)
+
+    def _registrar(self, kind: str, plugin: str, staged: list) -> Callable:
         def register(name: str, obj: Any, **meta: Any) -> None:
-            key = (kind, name)
-            if key in self.owner:
-                raise UnidiffError(f"{self.SINGULAR[kind]} {name!r} is registered by two plugins, "
-                                   f"{self.owner[key]!r} and {plugin!r}: disable one with {DISABLE_ENV}={plugin}")
-            self.owner[key] = plugin
-            self.entries[kind][name] = (obj, meta)
-            info = self.info.get(plugin)
-            if info is not None:
-                info.provides.setdefault(kind, []).append(name)
+            problem = self._problem(kind, name, obj, meta)
+            if problem:
+                self._broken(plugin, f"register_{kind} refused {self.SINGULAR[kind]} {short_repr(name)}", problem)
+            else:
+                staged.append((name, obj, meta))
         return register
+
+    def _problem(self, kind: str, name: Any, obj: Any, meta: dict) -> str | None:
+        """Why a registration is refused (a wrong type or value), or None if it is accepted."""
+        if not isinstance(name, str) or not name.strip():
+            return f"the name must be a non-empty str; got {short_repr(name)}: call register(name, ...) with a name"
+        if kind == "models":
+            if not isinstance(obj, (str, os.PathLike)) or not str(obj):
+                return f"a model is registered as the path of its folder; got {type(obj).__name__} {short_repr(obj)}"
+            return None
+        if not callable(obj):
+            what = {"modalities": "a factory that returns a Modality (e.g. its class)",
+                    "datasets": "a builder, builder(split) -> contents",
+                    "policies": "a factory that returns a Policy (e.g. its class)"}[kind]
+            return f"expected {what}; got {type(obj).__name__} {short_repr(obj)}"
+        if kind == "datasets" and (not isinstance(meta.get("modality"), str) or not meta["modality"]):
+            return f"a dataset is registered with the modality of its contents, register(name, builder, " \
+                   f"modality='text'); got modality={short_repr(meta.get('modality'))}"
+        if kind == "modalities":
+            size = getattr(obj, "vocab_size", None)  # declared on the class; an instance's is checked when built
+            if size is not None and not hasattr(size, "__get__") and (problem := vocab_size_problem(size)):
+                return problem
+        return None
+
+    def _add(self, kind: str, plugin: str, name: str, obj: Any, meta: dict) -> None:
+        first = self.owner.get((kind, name))
+        if first is not None:  # the later plugin loses: built-ins register first, so a newcomer never wins
+            fix = f"rename it in {plugin!r}" if self.builtin(plugin) else \
+                f"rename it in {plugin!r} or disable that plugin with {DISABLE_ENV}={plugin}"
+            self._broken(plugin, f"{self.SINGULAR[kind]} {name!r} ignored",
+                         f"it is already registered by {self.describe(first)}: {fix}", fix="")
+            return
+        self.owner[(kind, name)] = plugin
+        self.entries[kind][name] = (obj, meta)
+        info = self.info.get(plugin)
+        if info is not None:
+            info.provides.setdefault(kind, []).append(name)
 
     def _get(self, kind: str, name: str) -> tuple[Any, dict]:
         try:
@@ -137,8 +215,17 @@ class Registry:
         return list(self.entries[kind])
 
     def modality(self, name: str, **options: Any):
+        """A new modality: the registered factory called with ``options``; what it builds is checked to be one."""
         factory, _ = self._get("modalities", name)
-        return factory(**options)
+        modality = factory(**options)
+        missing = [a for a in ("encode", "decode") if not callable(getattr(modality, a, None))]
+        problem = f"it has no {' or '.join(missing)} method" if missing else \
+            vocab_size_problem(getattr(modality, "vocab_size", None))
+        if problem:
+            raise PluginError(f"{self.describe(self.owner[('modalities', name)])} built modality {name!r} as "
+                              f"{type(modality).__name__} {short_repr(modality)}, which is not a usable modality: {problem}; "
+                              f"report it to the plugin's authors")
+        return modality
 
     def dataset(self, name: str) -> tuple[Callable, dict]:
         """The builder of a dataset and its metadata (``modality=...``)."""
