@@ -12,11 +12,12 @@ module; the shipped ``code`` model was trained on it. `unidiff_code.metrics` jud
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Sequence
 
-from unidiff.errors import ModalityInputError, UnknownNameError
+from unidiff.errors import ModalityInputError, UnidiffError, UnknownNameError
 from unidiff.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -32,6 +33,16 @@ class Language:
 
 
 LANGUAGES = {"python": Language(tag="<|python|>", suffix=".py", tokenizer="python-bpe-8k")}
+SUFFIX = re.compile(r"\.[A-Za-z0-9_+-]{1,16}")
+MAX_OPTION_CHARS = 4096  # a language, tag or tokenizer path longer than this is not one
+
+
+def _check_text(option: str, value, what: str) -> None:
+    """Refuse a string option that is not a non-empty, printable str of sane length, naming it and its value."""
+    if not (isinstance(value, str) and value and len(value) <= MAX_OPTION_CHARS and value.isprintable()):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise UnidiffError(f"code option {option}={shown} must be {what} (a non-empty printable str of at most "
+                           f"{MAX_OPTION_CHARS} characters)")
 
 
 class CodeModality:
@@ -39,9 +50,13 @@ class CodeModality:
 
     Args:
         language: a key of `LANGUAGES`, or a new language when ``tag`` and ``suffix`` are given too.
-        tokenizer: a tokenizer asset name or .json path (default: the language's); it must hold the tag.
-        tag, suffix: the language's tag token and file suffix (default: its `LANGUAGES` entry). A checkpoint
-            stores all four, so a language added by these options is rebuilt as it was trained.
+        tokenizer: the tokenizer (default: the language's): the bare name of one shipped in ``tokenizers/``, or the
+            path of a Hugging Face tokenizer ``.json`` file; it must hold the tag. A checkpoint's options may name
+            any file, so it is read as data only (`unidiff_code.tokenizer.load`: at most 32 MiB of JSON parsed by
+            ``tokenizers``, never executed).
+        tag, suffix: the language's tag token and file suffix (default: its `LANGUAGES` entry); the suffix is a dot
+            and 1..16 letters, digits, ``_``, ``+`` or ``-``, as it names output files. A checkpoint stores all
+            four, so a language added by these options is rebuilt as it was trained.
     """
 
     name = "code"
@@ -53,21 +68,34 @@ class CodeModality:
         # with the package would be loaded again by ``python -m unidiff_code.tokenizer`` (Python warns of that).
         from unidiff_code.tokenizer import load
 
+        # Every option is checked before the tokenizer is read: a checkpoint's options are untrusted input.
+        _check_text("language", language, "a language name such as 'python'")
+        if tokenizer is not None and not isinstance(tokenizer, PurePath):
+            _check_text("tokenizer", tokenizer, "a tokenizer name such as 'python-bpe-8k' or a .json path")
+        if tag is not None:
+            _check_text("tag", tag, "the language's tag token, e.g. '<|python|>'")
+        if suffix is not None and not (isinstance(suffix, str) and SUFFIX.fullmatch(suffix)):
+            raise UnidiffError(f"code option suffix={suffix!r} must be a file suffix: a dot and 1..16 letters, "
+                               f"digits, '_', '+' or '-', e.g. '.py'")
         known = LANGUAGES.get(language)
         if known is None and (tokenizer is None or tag is None or suffix is None):
             raise UnknownNameError("language", language, sorted(LANGUAGES),
                                    "Give its tokenizer, tag and suffix as modality options, or add a Language "
                                    "entry to unidiff_code.LANGUAGES")
         self.language = language
-        self.tokenizer_name = tokenizer or known.tokenizer
+        self.tokenizer_name = known.tokenizer if tokenizer is None else str(tokenizer)
         self.tag = tag or known.tag
         self.file_suffix = suffix or known.suffix
-        self.tokenizer = load(self.tokenizer_name)
+        try:
+            self.tokenizer = load(self.tokenizer_name)
+        except UnidiffError as e:
+            raise UnidiffError(f"code option tokenizer={self.tokenizer_name!r}: {e}") from None
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.tag_id = self.tokenizer.token_to_id(self.tag)
         if self.tag_id is None:
-            raise ModalityInputError(f"tokenizer {self.tokenizer_name!r} has no tag token {self.tag!r} for "
-                                     f"{language}: train it with that tag (python -m unidiff_code.tokenizer)")
+            raise ModalityInputError(f"code option tag={self.tag!r}: tokenizer {self.tokenizer_name!r} has no tag token "
+                                     f"{self.tag!r} for {language}: train it with that tag "
+                                     f"(python -m unidiff_code.tokenizer)")
 
     def encode(self, content: str) -> list[int]:
         if not isinstance(content, str):

@@ -23,6 +23,7 @@ Training is deterministic: the same sources give the same JSON.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,6 +36,8 @@ from unidiff_code.corpus import module_files, read_source
 TAGS = ("<|python|>",)
 DEFAULT_NAME = "python-bpe-8k"
 ASSETS = Path(__file__).parent / "assets"  # a symlink to the top-level tokenizers/ folder
+MAX_BYTES = 32 * 2**20  # the shipped python-bpe-8k is 0.5 MiB; a 256k-token BPE is about 20 MiB
+BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def train_bpe(sources: Iterable[str], merges: int = 8000, tags: Sequence[str] = TAGS) -> Tokenizer:
@@ -66,23 +69,38 @@ def train_bpe(sources: Iterable[str], merges: int = 8000, tags: Sequence[str] = 
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """The JSON file of a tokenizer: a path to a ``.json`` file, or a name such as "python-bpe-8k" in assets."""
+    """The JSON file of a tokenizer: a path to a ``.json`` file, or a bare name such as "python-bpe-8k" (a file
+    shipped in assets); anything else (another suffix, an odd name) is refused with what is accepted."""
     text = os.fspath(name_or_path)
-    if text.endswith(".json") or os.sep in text or "/" in text:
+    if os.sep in text or "/" in text or text.endswith(".json"):
+        if not text.endswith(".json") or "\0" in text:
+            raise UnidiffError(f"tokenizer {text!r} must be a bare name of a shipped tokenizer (e.g. {DEFAULT_NAME}) "
+                               f"or the path of a Hugging Face tokenizer .json file")
         return Path(text)
+    if not BARE_NAME.fullmatch(text):
+        raise UnidiffError(f"tokenizer name {text!r} must be letters, digits, '.', '_' and '-' (e.g. {DEFAULT_NAME}), "
+                           f"or the path of a Hugging Face tokenizer .json file")
     return ASSETS / f"{text}.json"
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_NAME) -> Tokenizer:
-    """Open a tokenizer by name (a JSON file in ``tokenizers/``) or by path to its JSON file."""
+    """Open a tokenizer by name (a JSON file in ``tokenizers/``) or by path to its JSON file.
+
+    A checkpoint's options may name any file here, so it is read as data only: at most `MAX_BYTES`, UTF-8 JSON
+    parsed by `tokenizers` (which runs nothing), and a regular file (not a device or a pipe)."""
     path = resolve(name_or_path)
     out = f"tokenizers/{path.name}` from the repository root" if path.parent == ASSETS else f"{path}`"
     if not path.is_file():
         known = sorted(p.stem for p in ASSETS.glob("*.json")) if ASSETS.is_dir() else []
         raise UnidiffError(f"no tokenizer file {path} (known tokenizers: {', '.join(known) or 'none'}); build it "
                            f"with `python -m unidiff_code.tokenizer --out {out}")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_BYTES + 1)  # capped by reading, not by stat: /proc files claim size 0
+    if len(data) > MAX_BYTES:
+        raise UnidiffError(f"tokenizer file {path} is over {MAX_BYTES / 2**20:g} MiB, larger than any tokenizer this "
+                           f"plugin reads: give the .json of a byte-level BPE (python -m unidiff_code.tokenizer)")
     try:
-        tok = Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_str(data.decode("utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception for bad JSON or an unknown layout
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UnidiffError(f"cannot read tokenizer {path} ({why}): the file is corrupt or not a Hugging Face "

@@ -51,8 +51,9 @@ class DnaModality:
     file_suffix = ".fa"
 
     def __init__(self, iupac: str = "error"):
-        if iupac not in IUPAC_MODES:
-            raise UnidiffError(f"iupac must be one of {', '.join(IUPAC_MODES)}; got {iupac!r}")
+        if not isinstance(iupac, str) or iupac not in IUPAC_MODES:
+            raise UnidiffError(f"dna option iupac must be one of {', '.join(IUPAC_MODES)}; got {iupac!r}: give "
+                               f"iupac='error' (the default) or iupac='n'")
         self.iupac = iupac
         table = {c: i for i, c in enumerate(ALPHABET)}
         table.update({c.lower(): i for c, i in list(table.items())})

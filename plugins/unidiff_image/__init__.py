@@ -14,29 +14,36 @@ phrasing of its class, the caption as a text condition; the shipped ``image`` mo
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 import numpy as np
 
 from unidiff.data import Document, Tokens
-from unidiff.errors import ModalityInputError, UnidiffError
+from unidiff.errors import CheckpointError, ModalityInputError, UnidiffError
 from unidiff.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 MODEL_DIR = Path(__file__).parent / "model"
 SIDE = 28
 SHADES = " .:-=+*#%@"  # the terminal preview, light to dark
+MAX_GRID_SCALE = 16  # a 64-sample grid at 16x is 118 MB of pixels; more is a typo or a hostile config.json
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # decoded in-process: never EPS (Ghostscript)
 
 
 class ImageModality:
     """28x28 grayscale images as a 7x7 grid of VQ codes.
 
     Args:
-        vq: the VQ tokenizer folder (default: the shipped one, ``unidiff_image/vq``).
-        grid_scale: pixels per image pixel in a PNG grid of several samples (default 4; a single image is written
-            at its own 28x28 size, so it can be read back).
+        vq: the path of a VQ tokenizer folder (default None: the shipped one, ``unidiff_image/vq``). A checkpoint's
+            config.json may name any folder here, so it is read as data only (`unidiff_image.vq.VQTokenizer.load`:
+            a capped config.json whose network must match the safetensors header before anything is allocated;
+            never a pickle, never code).
+        grid_scale: pixels per image pixel in a PNG grid of several samples, an int in 1..16 (default 4; a single
+            image is written at its own 28x28 size, so it can be read back).
     """
 
     name = "image"
@@ -46,8 +53,21 @@ class ImageModality:
     def __init__(self, vq: str | None = None, grid_scale: int = 4):
         from unidiff_image.vq import FOLDER, VQTokenizer
 
-        self.vq_folder = vq
-        self.tokenizer = VQTokenizer.load(Path(vq) if vq else FOLDER)
+        # Both checked before the tokenizer is read: a checkpoint's options are untrusted input.
+        if vq is not None and not (isinstance(vq, (str, PurePath)) and str(vq).strip()):  # "" would read "."
+            raise UnidiffError(f"image option vq={vq!r} must be the path of a VQ tokenizer folder (a non-empty str), "
+                               f"or null for the shipped one")
+        if isinstance(grid_scale, bool) or not isinstance(grid_scale, numbers.Integral) \
+                or not 1 <= grid_scale <= MAX_GRID_SCALE:
+            raise UnidiffError(f"image option grid_scale={grid_scale!r} must be an int in 1..{MAX_GRID_SCALE} "
+                               f"(pixels per image pixel in a PNG grid; default 4)")
+        self.vq_folder = None if vq is None else str(vq)
+        try:
+            self.tokenizer = VQTokenizer.load(FOLDER if vq is None else Path(vq))
+        except CheckpointError as err:
+            if vq is None:
+                raise
+            raise CheckpointError(f"image option vq={self.vq_folder!r}: {err}") from None
         self.grid = self.tokenizer.grid_shape
         self.vocab_size = self.tokenizer.vocab_size
         self.default_length = self.grid[0] * self.grid[1]
@@ -57,17 +77,10 @@ class ImageModality:
 
     def to_array(self, content: Any) -> np.ndarray:
         """uint8 (28, 28) of an image given as PIL, a path or an array; clear errors otherwise."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         if isinstance(content, (str, Path)):
-            path = Path(content)
-            if not path.is_file():
-                raise ModalityInputError(f"no image file {path}")
-            try:
-                with Image.open(path) as im:
-                    content = im.copy()
-            except (UnidentifiedImageError, OSError) as e:
-                raise ModalityInputError(f"cannot read {path} as an image ({e})") from None
+            content = read_image(Path(content))
         if isinstance(content, Image.Image):
             if content.size != (SIDE, SIDE):
                 raise ModalityInputError(f"the image is {content.size[0]}x{content.size[1]}; this modality takes "
@@ -127,6 +140,36 @@ class ImageModality:
 
     def options(self) -> dict:
         return {"vq": self.vq_folder, "grid_scale": self.grid_scale}
+
+
+def read_image(path: Path):
+    """The 28x28 image in the file ``path``, its size checked from the header before a pixel is decoded.
+
+    PIL opens lazily, so a file that claims another size (a 20000x20000 decompression bomb included) is refused
+    after reading only its header; a file PIL cannot identify, a truncated or corrupt one, all raise one
+    `ModalityInputError` naming the file."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise ModalityInputError(f"no image file {path}")
+    fix = f"give a {SIDE}x{SIDE} image in one of {', '.join(IMAGE_FORMATS)}"
+    try:
+        with warnings.catch_warnings():
+            # PIL warns of a possible bomb at open; the size check below refuses it before decoding anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
+                if im.size != (SIDE, SIDE):
+                    raise ModalityInputError(f"the image {path} is {im.size[0]}x{im.size[1]}; this modality takes "
+                                             f"{SIDE}x{SIDE} (resize it: image.resize(({SIDE}, {SIDE})))")
+                return im.copy()  # decodes now, so a truncated or corrupt file fails inside this try
+    except ModalityInputError:
+        raise
+    except Image.DecompressionBombError as e:  # the header claims more pixels than PIL will open at all
+        raise ModalityInputError(f"the image {path} is far larger than {SIDE}x{SIDE} ({str(e).rstrip('.')}); "
+                                 f"{fix}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # what PIL raises for unknown, broken or cut files
+        raise ModalityInputError(f"cannot read {path} as an image ({e or type(e).__name__}): the file is not an "
+                                 f"image, or is truncated or corrupt; {fix}") from None
 
 
 def png_grid(images: Sequence[np.ndarray], columns: int, scale: int = 4, gap: int = 1):

@@ -46,6 +46,13 @@ DEFAULT_STEPS = 3000
 TRAIN_COMMAND = f"python -m unidiff_image.vq --out {{folder}} --steps {DEFAULT_STEPS}"
 RESTART_EVERY = 25
 _CHUNK = 512  # images per forward pass when encoding or decoding many
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+# Caps on what a VQ folder (which a checkpoint's options may name) can make the loader read or build; the shipped
+# one is 673 bytes, 3.6 MiB, 3 blocks of 1 layer.
+MAX_CONFIG_BYTES = 64 * 2**10
+MAX_WEIGHTS_BYTES = 64 * 2**20
+MAX_BLOCKS, MAX_LAYERS_PER_BLOCK = 4, 8
+FLOAT_DTYPES = ("F32", "F16", "BF16")
 
 
 def vq_config(codebook_size: int = 256, embed_dim: int = 4, channels: Sequence[int] = (32, 64, 64),
@@ -253,28 +260,94 @@ class VQTokenizer:
 
     @classmethod
     def load(cls, folder: str | Path = FOLDER) -> "VQTokenizer":
-        """The tokenizer saved in ``folder``; a missing or unreadable folder raises `CheckpointError`."""
+        """The tokenizer saved in ``folder``; a missing, unreadable or oversized folder raises `CheckpointError`.
+
+        The folder is data, never code: ``config.json`` (at most `MAX_CONFIG_BYTES`) is read as JSON and the
+        network it describes is built on the meta device, whose every parameter must be in the header of
+        ``diffusion_pytorch_model.safetensors`` (at most `MAX_WEIGHTS_BYTES`) with the same shape and a float
+        dtype; only then is anything allocated, and the weights are read by safetensors (no pickle fallback)."""
         from diffusers import VQModel
 
         folder = Path(folder)
         rebuild = f"rebuild it with `{TRAIN_COMMAND.format(folder=folder)}`"
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"no VQ tokenizer in {folder} (config.json is missing); {rebuild}")
+        config = _read_config(folder, rebuild)
+        _check_weights_header(config, folder, rebuild)
         try:  # low_cpu_mem_usage=False: the path that needs no `accelerate` (and does not warn about it)
-            model, info = VQModel.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False,
-                                                  output_loading_info=True)
+            model = VQModel.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False,
+                                            use_safetensors=True)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as err:
             why = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CheckpointError(f"cannot read the VQ tokenizer in {folder} ({why}); {rebuild}") from None
-        # diffusers fills a weight the file lacks with a fresh random one and only warns: refuse instead
-        wrong = {k: v for k, v in info.items() if v}
-        if wrong:
-            listing = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, v[:3]))}" for k, v in wrong.items())
-            raise CheckpointError(f"the VQ tokenizer in {folder} does not match its config ({listing}); {rebuild}")
         try:
             return cls(model)
         except UnidiffError as err:
             raise CheckpointError(f"{folder}: {err}; {rebuild}") from None
+
+
+def _read_config(folder: Path, rebuild: str) -> dict:
+    """The VQ folder's config.json as a dict, read with a size cap, with the sizes that shape the network bounded
+    (a hostile one could otherwise ask for millions of layers before a weight is read)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no VQ tokenizer in {folder} (config.json is missing); {rebuild}")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path} is over {MAX_CONFIG_BYTES // 1024} KiB, too large for a VQ config; {rebuild}")
+    try:
+        config = json.loads(data)
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit int, nesting 30000 deep
+        raise CheckpointError(f"cannot read the VQ tokenizer in {folder} ({path.name}: {err}); {rebuild}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object of VQModel settings; {rebuild}")
+    blocks = config.get("block_out_channels")
+    if not isinstance(blocks, list) or not 1 <= len(blocks) <= MAX_BLOCKS or any(
+            not isinstance(config.get(k, blocks), list) or len(config.get(k, blocks)) != len(blocks)
+            for k in ("down_block_types", "up_block_types")):
+        raise CheckpointError(f"{path}: block_out_channels must be a list of 1..{MAX_BLOCKS} channel counts, as long "
+                              f"as down_block_types and up_block_types; got {blocks!r}; {rebuild}")
+    layers = config.get("layers_per_block", 1)
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS_PER_BLOCK:
+        raise CheckpointError(f"{path}: layers_per_block must be an int in 1..{MAX_LAYERS_PER_BLOCK}; got "
+                              f"{layers!r}; {rebuild}")
+    return config
+
+
+def _check_weights_header(config: dict, folder: Path, rebuild: str) -> None:
+    """Refuse a weights file that does not hold exactly the parameters ``config`` describes (names, shapes, float
+    dtypes), reading only the safetensors header: so the network is never allocated at a size the file lacks."""
+    from diffusers import VQModel
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"no VQ tokenizer weights in {folder} ({WEIGHTS} is missing); {rebuild}")
+    if path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise CheckpointError(f"{path} is {path.stat().st_size / 2**20:.0f} MiB, over the {MAX_WEIGHTS_BYTES >> 20} "
+                              f"MiB a VQ tokenizer of 28x28 images may be; {rebuild}")
+    try:
+        with torch.device("meta"):  # parameters without storage: shapes only
+            skeleton = VQModel.from_config(config)
+    except Exception as err:  # diffusers and torch raise a dozen kinds for nonsense sizes; all mean a bad config
+        raise CheckpointError(f"{folder}/config.json does not describe a VQModel ({type(err).__name__}: {err}); "
+                              f"{rebuild}") from None
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            have = {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read the VQ tokenizer in {folder} ({WEIGHTS}: {err}); {rebuild}") from None
+    problems = {
+        "missing": [k for k in want if k not in have],
+        "unexpected": [k for k in have if k not in want],
+        "wrong shape": [f"{k} {have[k][0]} (config: {want[k]})" for k in want if k in have and have[k][0] != want[k]],
+        "not float": [f"{k} {have[k][1]}" for k in want if k in have and have[k][1] not in FLOAT_DTYPES],
+    }
+    wrong = {k: v for k, v in problems.items() if v}
+    if wrong:
+        listing = "; ".join(f"{k}: {', '.join(v[:3])}" + (f" (+{len(v) - 3})" if len(v) > 3 else "")
+                            for k, v in wrong.items())
+        raise CheckpointError(f"the VQ tokenizer in {folder} does not match its config ({listing}); {rebuild}")
 
 
 def reconstruction_report(tokenizer: VQTokenizer, images) -> dict:
