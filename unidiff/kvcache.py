@@ -33,11 +33,12 @@ def cache_mode(cache: bool | str | None) -> str | None:
 
 
 class KVStore:
-    """The keys and values of every layer for each of ``n`` slots (a row, or a row's unconditional pass), and
-    whether they hold a pass of the slot's current row."""
+    """The keys and values of every layer for each of ``n`` slots (a row, or a row's unconditional pass) of up to
+    ``width`` positions, and whether they hold a pass of the slot's current row. A slot's passes may be cut to the
+    row's own width (the sampler does at reduced precision); the store then reads and writes that many positions."""
 
-    def __init__(self, n: int, mode: str = "dual"):
-        self.n, self.mode, self.kv = n, mode, None
+    def __init__(self, n: int, width: int, mode: str = "dual"):
+        self.n, self.width, self.mode, self.kv = n, width, mode, None
         self.fresh = torch.zeros(n, dtype=torch.bool)
         self.ids: torch.Tensor | None = None  # "delta": each slot's ids when its keys and values were stored
 
@@ -66,8 +67,9 @@ class KVStore:
             h = hf.new_zeros(b, L, hf.shape[-1])
             h[full] = hf
             if self.kv is None:
-                self.kv = [{name: t.new_zeros((self.n,) + t.shape[1:]) for name, t in layer.items()} for layer in kv]
-                self.ids = ids.new_zeros((self.n, L))
+                self.kv = [{name: t.new_zeros((self.n, t.shape[1], self.width, t.shape[3]))
+                            for name, t in layer.items()} for layer in kv]
+                self.ids = ids.new_zeros((self.n, self.width))
             at = slots[full.to(slots.device)]
             self._put(at, kv, ids[full])
             self.fresh[at.cpu()] = True
@@ -75,7 +77,7 @@ class KVStore:
             at = slots[part.to(slots.device)]
             sel = block[part]
             if self.mode == "delta":
-                sel = sel | (ids[part] != self.ids[at])
+                sel = sel | (ids[part] != self.ids[at, :L])
             counts = sel.sum(1)
             n = int(counts.max())
             # Each row's selected positions first (stable); a row with fewer repeats its first one to fill n, so
@@ -83,7 +85,7 @@ class KVStore:
             order = torch.sort((~sel).to(torch.int8), dim=1, stable=True).indices[:, :n]
             j = torch.arange(n, device=order.device)
             span = torch.where(j < counts.unsqueeze(1), order, order[:, :1])
-            kv = [{name: store[name][at] for name in ("k", "v")} for store in self.kv]
+            kv = [{name: store[name][at, :, :L] for name in ("k", "v")} for store in self.kv]
             hp = model.features(ids[part], modality[part], positions[part], pad_mask[part], kv=kv, span=span,
                                 **hole_of(part))
             if self.mode == "delta":  # the pass left every layer's keys and values, fresh at the span, in kv
@@ -104,9 +106,11 @@ class KVStore:
         self.ids[rows, span] = ids.gather(1, span)
 
     def _put(self, at: torch.Tensor, kv: list[dict], ids: torch.Tensor) -> None:
-        if ids.shape[1] != self.ids.shape[1]:
-            raise UnidiffError("the cache's rows changed width: start a new sampler")
+        L = ids.shape[1]
+        if L > self.width:
+            raise UnidiffError(f"rows of {L} positions do not fit the cache's {self.width}: start a new sampler")
         for store, layer in zip(self.kv, kv):
             for name in ("k", "v"):
-                store[name][at] = layer[name].to(store[name].dtype)
-        self.ids[at] = ids
+                store[name][at, :, :L] = layer[name].to(store[name].dtype)
+        self.ids[at] = 0
+        self.ids[at, :L] = ids

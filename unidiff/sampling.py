@@ -24,9 +24,11 @@ with S steps walks the reverse process from t = 1 - k/S to s = 1 - (k+1)/S on it
 
 Randomness is counter-based: every uniform is a hash of (row seed, step, stream, position), so a row's tokens do
 not depend on which other rows share its batch, on padding, or on the device's RNG: row i of a batch equals the
-same row generated alone with the same seed (up to the model's own float rounding between a padded and an
-unpadded row, against which confidences are quantised so that exact ties stay ties). The loop's Python work is
-per distinct policy and schedule, never per row.
+same row generated alone with the same seed, up to the model's own float rounding between a padded and an
+unpadded row: in fp32 it stays below the quantised confidences (so exact ties stay ties); at reduced precision on
+the CPU each row is computed at its own width (`cut_to_width`), exact there too; on a GPU in bf16 a row may round
+differently in a batch. The loop's Python work is per distinct policy, schedule and (`cut_to_width`) row width,
+never per row.
 """
 
 from __future__ import annotations
@@ -143,6 +145,34 @@ class GroupSpec:
     schedule: Schedule | str | None = None
 
 
+def cut_to_width(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Whether passes compute each row at its own width, one pass per distinct width (see `by_width`): at reduced
+    precision on the CPU. Padding a row to its batch's width changes how the attention kernel rounds it, and bf16
+    turns those last-bit differences into different samples; the CPU's matmuls do not depend on how many rows a pass
+    holds, so a row cut to its width is computed exactly as it is alone. fp32 keeps one padded pass (its rounding
+    moves a logit by about 1e-5, bf16's by 0.1, and the quantised confidences absorb it); a GPU's matmuls may
+    depend on the number of rows, and it would pay kernel launches per width."""
+    return amp_dtype is not None and device.type == "cpu"
+
+
+def row_widths(pad_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's width: its last position that is not padding, plus one (at least 1)."""
+    cols = torch.arange(1, pad_mask.shape[1] + 1, device=pad_mask.device)
+    return torch.where(pad_mask, 0, cols).amax(1).clamp(min=1)
+
+
+def by_width(run: Callable[[torch.Tensor, int], torch.Tensor], widths: torch.Tensor, L: int) -> torch.Tensor:
+    """(n, L, d) features of n rows, from ``run(rows, w)``: the (len(rows), w, d) features of those rows cut to
+    width w, called once per distinct width in ``widths`` ((n,)), so no row is padded (zeros past each width)."""
+    h = None
+    for w in torch.unique(widths).tolist():  # Python work per distinct width, never per row
+        rows = (widths == w).nonzero().squeeze(1)
+        part = run(rows, w)
+        h = part.new_zeros(len(widths), L, part.shape[-1]) if h is None else h
+        h[rows, :w] = part
+    return h
+
+
 def _logits(model, h, modality, blank):
     return model.logits(h, modality) if blank is None else model.logits(h, modality, blank=blank)
 
@@ -223,7 +253,7 @@ class Sampler:
 
     Everything a row's tokens depend on is its own: its step counter starts at 0 when it is admitted and the
     uniforms are hashed from (its seed, its step, position), so a request gives the same tokens whatever shares
-    its batch and whenever it joins (up to float rounding in the model's batched passes).
+    its batch and whenever it joins (up to float rounding in the model's batched passes: see the module's note).
     """
 
     def __init__(self, model: Denoiser, policy: Policy, slots: int, width: int, *, temperature: float = 1.0,
@@ -273,7 +303,8 @@ class Sampler:
             raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
                                "decodes with its exact cache (sample_causal)")
         mode = cache_mode(cache)
-        self.store = KVStore(self.passes * slots, mode) if mode else None
+        self.store = KVStore(self.passes * slots, width, mode) if mode else None
+        self.by_width = cut_to_width(device, amp_dtype)
         S, L = slots, width
         zeros = lambda dtype: torch.zeros((S, L), dtype=dtype, device=device)  # noqa: E731
         self.x, self.modality, self.positions = zeros(torch.long), zeros(torch.long), zeros(torch.long)
@@ -284,6 +315,7 @@ class Sampler:
         self.seeds, self.nfe, self.k0 = (torch.zeros(S, dtype=torch.long, device=device) for _ in range(3))
         self.row_steps = torch.ones(S, dtype=torch.long, device=device)
         self.n_targets = torch.zeros(S, dtype=torch.long, device=device)
+        self.width = torch.zeros(S, dtype=torch.long, device=device)  # each slot's row up to its last real position
         self.n_group = torch.zeros((S, G), dtype=torch.long, device=device)  # targets per (slot, group)
         self.cur = torch.zeros((S, G), dtype=torch.long, device=device)  # the block each (slot, group) decodes
         self.loc = torch.zeros((S, G), dtype=torch.long, device=device)  # the step within that block
@@ -355,6 +387,7 @@ class Sampler:
         self.seeds[slots] = torch.as_tensor(seeds, dtype=torch.long, device=dev).reshape(b)
         self.row_steps[slots] = row_steps
         self.n_targets[slots] = n_targets
+        self.width[slots] = row_widths(batch.pad_mask)
         self.nfe[slots] = 0
         self.k0[slots] = self.k
         self.active[slots] = True
@@ -367,6 +400,19 @@ class Sampler:
 
     def release(self, slots: torch.Tensor) -> None:
         self.active[slots] = False
+
+    def _features(self, slots: torch.Tensor, widths: torch.Tensor, need: torch.Tensor | None, ids, modality,
+                  positions, pad_mask, hole=None) -> torch.Tensor:
+        """(n, L, d) features of the (n, L) rows of these slots (``slots``: the store's; ``widths``: the rows';
+        ``need``: the positions a cached pass computes), in one pass or, with ``by_width``, cut to their widths."""
+        def run(sel: slice | torch.Tensor, w: int) -> torch.Tensor:
+            args = [t[sel, :w] for t in (ids, modality, positions, pad_mask)]
+            kw = {} if hole is None else {"hole": hole[sel, :w]}
+            if self.store is None:
+                return self.model.features(*args, **kw)
+            return self.store.features(self.model, slots[sel], need[sel, :w], *args, **kw)
+
+        return by_width(run, widths, ids.shape[1]) if self.by_width else run(slice(None), ids.shape[1])
 
     def step(self) -> torch.Tensor | None:
         """One step of every active slot; returns the slots that ran the denoiser (None: nothing left to do)."""
@@ -460,23 +506,19 @@ class Sampler:
             # The positions a cached pass must compute: the dual cache's store holds the block as it stood at the
             # block's start, so all of it; the delta cache's holds every position as last computed, so the masked
             # ones (whose states the step reads) and, added by the store, those that changed since.
-            need = None if store is None else (mb if store.mode == "delta" else in_block)
+            need = None if store is None else (mb if store.mode == "delta" else in_block)[rows]
             with autocast(device, self.amp_dtype):
                 if passes == 2:  # the unconditional pass hides the conditioning positions from attention
                     hidden = torch.cat([self.pad_mask[rows], self.pad_mask[rows] | self.condition[rows]])
-                    args = (xa.repeat(2, 1), mods.repeat(2, 1), self.positions[rows].repeat(2, 1), hidden)
-                    if store is None:
-                        h = model.features(*args, **hole)
-                    else:
-                        h = store.features(model, torch.cat([rows, rows + B]), need[rows].repeat(2, 1), *args,
-                                           **hole)
+                    h = self._features(torch.cat([rows, rows + B]), self.width[rows].repeat(2),
+                                       None if need is None else need.repeat(2, 1), xa.repeat(2, 1),
+                                       mods.repeat(2, 1), self.positions[rows].repeat(2, 1), hidden, **hole)
                     lc = _logits(model, h[:len(rows)][where], mods[where], blank).float()
                     lu = _logits(model, h[len(rows):][where], mods[where], blank).float()
                     logits = torch.where(torch.isfinite(lc), lu + guidance * (lc - lu), lc)
                 else:
-                    args = (xa, mods, self.positions[rows], self.pad_mask[rows])
-                    h = model.features(*args, **hole) if store is None else \
-                        store.features(model, rows, need[rows], *args, **hole)
+                    h = self._features(rows, self.width[rows], need, xa, mods, self.positions[rows],
+                                       self.pad_mask[rows], **hole)
                     logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
             probs = logits.softmax(-1)  # (n_masked, V), float32
             u = hashed_uniform(self.seeds[rows][where[0]], k_row[rows, 0][where[0]], STREAM_TOKEN, where[1])
@@ -528,8 +570,9 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
     fraction of its cost: a pass reads the new positions only, not the whole row. Rows are left-padded so that
     their first targets line up: continuations of prompts of any lengths are drawn in lockstep. A row's NFE is
     the passes it took part in until its last target: one per generated token alone or beside rows like it,
-    more beside rows whose later targets fall elsewhere (it rides along while others draw). ``progress``: as in
-    `sample`.
+    more beside rows whose later targets fall elsewhere (it rides along while others draw). At reduced precision
+    on the CPU (`cut_to_width`) rows of different widths or targets run as separate batches instead, each exactly
+    as it runs alone. ``progress``: as in `sample`.
     """
     if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
         raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
@@ -546,6 +589,22 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
     nfe = torch.zeros(B, dtype=torch.long, device=device)
     if not targets.any():
         return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=0.0)
+    if cut_to_width(device, amp_dtype) and B > 1:
+        kinds, kind = torch.unique(torch.cat([row_widths(batch.pad_mask)[:, None], targets.long()], 1), dim=0,
+                                   return_inverse=True)
+        # One batch per layout (width and targets): a pass feeds every given position up to the next drawn column,
+        # so other rows' targets would cut a row's passes differently from alone.
+        if len(kinds) > 1:
+            start, drawn = time.perf_counter(), 0
+            for k, w in enumerate(kinds[:, 0].tolist()):
+                rows = (kind == k).nonzero().squeeze(1)
+                part = batch.select(rows)
+                part = Batch(*(None if t is None else t[:, :w] for t in (getattr(part, f) for f in Batch.FIELDS)))
+                bar = None if progress is None else (lambda n, done=drawn: progress(done + n))
+                out = sample_causal(model, part, seeds[rows], temperature, top_k, top_p, amp_dtype, bar)
+                x[rows, :w], nfe[rows] = out.ids.to(device), out.nfe.to(device)
+                drawn += int(out.generated.sum())
+            return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=time.perf_counter() - start)
     # Left-pad each row so that every row's first target falls at the same column: rows then draw in lockstep
     # (alone, a generated continuation takes one pass per token whatever its prompt's length).
     first_target = torch.where(targets.any(1), targets.long().argmax(1), 0)
