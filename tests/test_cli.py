@@ -177,7 +177,7 @@ BAD_INPUTS = {
     "unknown schedule": (["generate", "--schedule", "nosuch"], ["unknown schedule 'nosuch'", "cosine"]),
     "template without holes": (["infill", "no holes here"], ["no hole to fill", "<mask:N>"]),
     "edit strength out of range": (["edit", "abc", "--strength", "1.5"], ["--strength", "between 0 and 1"]),
-    "bad threshold": (["generate", "--policy", "threshold", "--threshold", "2"], ["0 < threshold <= 1"]),
+    "bad threshold": (["generate", "--policy", "threshold", "--threshold", "2"], ["--threshold: must be in (0, 1]"]),
     "truncated weights": (["generate", "--model", "{truncated}"], ["model.safetensors is corrupt or truncated"]),
     "garbled config": (["eval", "--model", "{garbled}"], ["config.json is corrupt or truncated"]),
     "bad --remask": (["generate", "--remask", "1.5"], ["--remask", "between 0 and 1"]),

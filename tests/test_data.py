@@ -31,13 +31,13 @@ def test_layout_is_as_documented():
 # --- Segment -----------------------------------------------------------------------------------------------------
 
 def test_segment_bad_role():
-    with pytest.raises(UnidiffError, match="role must be one of given, generate, edit; got 'prompt'"):
+    with pytest.raises(UnidiffError, match="role must be one of 'given', 'generate', 'edit'; got 'prompt'"):
         Segment("abc", "ab", role="prompt")
 
 
 @pytest.mark.parametrize("length", [None, 0, -3])
 def test_generate_segment_needs_positive_length(length):
-    with pytest.raises(UnidiffError, match=f"positive length; got {length!r}"):
+    with pytest.raises(UnidiffError, match=f"positive length .*got None|length must be at least 1; got {length}"):
         Segment("abc", role="generate", length=length)
 
 
@@ -97,8 +97,11 @@ def test_adjacent_same_modality_segments_join_into_one_run():
     assert row.spans == [("xy", 1, 2, False), ("abc", 4, 6, False), ("abc", 6, 8, True), ("abc", 8, 9, False)]
 
 
-def test_generate_segment_ignores_content():
-    row = encode_row([Segment("abc", "not letters!", role="generate", length=2)], LAYOUT, MODS)
+def test_generate_segment_refuses_content():
+    """Content given to a segment that starts fully masked would be silently dropped: it is refused instead."""
+    with pytest.raises(UnidiffError, match="starts fully masked"):
+        Segment("abc", "not letters!", role="generate", length=2)
+    row = encode_row([Segment("abc", role="generate", length=2)], LAYOUT, MODS)
     assert row.ids.tolist() == [A_BOS, MASK, MASK, A_EOS]
 
 
@@ -261,5 +264,6 @@ def test_tokens_content_skips_the_tokenizer_and_is_range_checked():
     as_ids = encode_row([Segment("abc", Tokens([2, 0, 1])), Segment("abc", role="generate", length=2)], layout,
                         mods)
     assert torch.equal(as_ids.ids, as_text.ids) and torch.equal(as_ids.targets, as_text.targets)
-    with pytest.raises(ModalityInputError, match=r"segment 1 \(xy\): local ids for 'xy' must lie in \[0, 2\)"):
+    with pytest.raises(ModalityInputError,
+                       match=r"segment 1 \(xy\): Tokens id 2 at position 1 is outside the xy vocabulary \(0\.\.1\)"):
         encode_row([Segment("abc", "a"), Segment("xy", Tokens([0, 2]))], layout, mods)

@@ -41,7 +41,7 @@ from unidiff.errors import UnidiffError
 from unidiff.evaluate import evaluate
 from unidiff.fs import atomic_write
 from unidiff.generate import Generation, Pipeline
-from unidiff.modality import sample_metrics, sample_metrics_doc
+from unidiff.modality import checked_decode, checked_encode, sample_metrics, sample_metrics_doc
 from unidiff.policies import Confidence
 from unidiff.report import machine
 from unidiff.sampling import sample
@@ -182,7 +182,7 @@ def non_canonical(modality, ids: list[list[int]]) -> float:
     """The fraction of id sequences that are not what their decoded content encodes to, encode(decode(ids)) != ids:
     byte-level text that is not valid UTF-8 (decoded to U+FFFD), BPE tokens other than the tokenizer's own
     tokenisation of their text (e.g. "ret" + "urn" where it writes "return")."""
-    return sum([int(i) for i in modality.encode(modality.decode(seq))] != list(seq) for seq in ids) / max(len(ids), 1)
+    return sum(checked_encode(modality, checked_decode(modality, seq)) != list(seq) for seq in ids) / max(len(ids), 1)
 
 
 def score(pipe: Pipeline, contents: list, samples: int = 4) -> float:
@@ -265,7 +265,7 @@ class Bench:
                                f"{tokenizers[0]} vs {tokenizers[1]}): bench twins trained with one tokenizer")
         self.modality = mods[0]
         self.prompt = getattr(self.modality, "tag", None) if prompt is None else prompt
-        self.prompt_ids = list(self.modality.encode(self.prompt)) if self.prompt else []  # as the pipelines encode it
+        self.prompt_ids = checked_encode(self.modality, self.prompt) if self.prompt else []  # as the pipelines encode it
         self._max_length = min(p.window() for p in self.pipes.values()) - len(self.prompt_ids)
 
     def segments(self, length: int) -> list[Segment]:
@@ -327,7 +327,7 @@ class Bench:
         texts = [t for g in gens for t in g.texts][:num]  # per sample, its decoded content: the same ids
         q = {"AR bits": score(self.pipes["autoregressive"], ids), "diff bits": score(self.pipes["diffusion"], ids),
              "non-canonical": non_canonical(self.modality, ids),
-             "distinct": distinct_4grams([self.modality.encode(t) for t in texts])}
+             "distinct": distinct_4grams([checked_encode(self.modality, t) for t in texts])}
         if judge is not None:
             q["judge"] = judge.bits_per_byte([str(t) for t in texts])
         q.update(sample_metrics(self.modality, texts))

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unidiff.config import SampleConfig
-from unidiff.errors import CheckpointError, UnidiffError, UnknownNameError
+from unidiff.errors import CheckpointError, PluginError, UnidiffError, UnknownNameError
 from unidiff.modality import Modality, grids_of, make_head
 from unidiff.model import Denoiser, ModelConfig
 from unidiff.plugins import DISABLE_ENV, Registry
@@ -206,11 +206,14 @@ def build_modalities(config: dict, registry: Registry) -> dict[str, Modality]:
                                   f"{options!r}: restore it or re-train the model")
         try:
             out[name] = registry.modality(name, **options)
+        except PluginError:  # the registry already names the plugin and what it built
+            raise
         except Exception as e:  # the plugin's own factory refused the options or failed: name it, not config.json
             info = registry.plugin_of("modalities", name)
             who = f"plugin {info.name!r} ({info.package} {info.version})" if info else "its plugin"
+            why = str(e) if isinstance(e, UnidiffError) else f"{type(e).__name__}: {e}"  # its own message is enough
             raise CheckpointError(f"{who} could not build modality {name!r} from the options this checkpoint "
-                                  f"records ({options}): {type(e).__name__}: {e}") from None
+                                  f"records ({options}): {why}") from None
     return out
 
 
@@ -409,9 +412,3 @@ def load_model(name_or_path: str | Path, registry: Registry | None = None,
     materialize_heads(model, modalities)
     return model.to(device).eval(), modalities, config
 
-
-def ensure_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnidiffError(f"cannot create output folder {path}: {e.strerror}") from None

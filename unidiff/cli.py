@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from unidiff.checks import MAX_GUIDANCE, MAX_TEMPERATURE, SEED_MAX
 from unidiff.errors import UnidiffError
 from unidiff.fs import atomic_path, ensure_writable
 
@@ -146,6 +147,7 @@ def cmd_caption(args) -> None:
 
 def cmd_inpaint(args) -> None:
     from unidiff.data import regenerate_positions
+    from unidiff.modality import checked_encode
 
     check_out(args)
     pipe = load_pipeline(args)
@@ -153,7 +155,8 @@ def cmd_inpaint(args) -> None:
     if not hasattr(m, "cells_of_box"):
         raise UnidiffError(f"the {m.name} modality has no 2-D regions to in-paint; use unidiff infill with "
                            f"<mask:N> holes")
-    segments = regenerate_positions(m.name, m.encode(read_content(m, args.file)), m.cells_of_box(args.box))
+    segments = regenerate_positions(m.name, checked_encode(m, read_content(m, args.file)),
+                                    m.cells_of_box(args.box))
     segments = pipe.conditioned(args.prompt, segments)
     emit(pipe.generate([segments] * args.num, **sampling_options(args)), m, args)
 
@@ -263,8 +266,11 @@ def _number(cast, ok, rule: str):
 
 _positive = _number(int, lambda v: v >= 1, "at least 1")
 _fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
-_guidance = _number(float, lambda v: 0.0 <= v < float("inf"), "a finite number >= 0")
-_seed = _number(int, lambda v: 0 <= v < 2 ** 62, "between 0 and 2**62")
+_guidance = _number(float, lambda v: 0.0 <= v <= MAX_GUIDANCE, f"a number in [0, {MAX_GUIDANCE}]")
+_temperature = _number(float, lambda v: 0.0 <= v <= MAX_TEMPERATURE, f"a number in [0, {MAX_TEMPERATURE}]")
+_probability = _number(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+_count = _number(int, lambda v: v >= 0, "at least 0")
+_seed = _number(int, lambda v: 0 <= v <= SEED_MAX, "between 0 and 2**62")
 
 
 class Parser(argparse.ArgumentParser):
@@ -326,12 +332,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser, model: str = "text") -> N
                                                     "per generated token)")
     p.add_argument("--policy", help="unmasking policy: confidence, margin, entropy, random, ancestral, threshold, or "
                                     "a plugin's (default: the model's recommendation, else confidence)")
-    p.add_argument("--threshold", type=float, help="confidence threshold of --policy threshold (default 0.9)")
+    p.add_argument("--threshold", type=_probability, help="confidence threshold of --policy threshold (default 0.9)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed; sample i uses seed + i (default 0)")
-    p.add_argument("--temperature", type=float, help="proposal temperature, 0 = greedy (default: the model's "
+    p.add_argument("--temperature", type=_temperature, help="proposal temperature, 0 = greedy (default: the model's "
                                                       "recommendation, else 1)")
-    p.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest tokens (default: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    p.add_argument("--top-k", type=_count, default=0, help="keep only the k likeliest tokens (default: all)")
+    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass (default 1: off)")
     p.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "
                                                           "(semi-autoregressive, as LLaDA); default: one block")
     p.add_argument("--schedule", help="time grid of the steps: linear, cosine (MaskGIT: few tokens first, many "
@@ -397,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sliding-window", action="store_true",
                    help="an output longer than the model's context: each window after the first continues the last "
                         "--overlap tokens of the one before (Pipeline.complete_long); --steps are spread over them")
-    g.add_argument("--overlap", type=int, help="tokens each window keeps from the last (default: half the window)")
+    g.add_argument("--overlap", type=_count, help="tokens each window keeps from the last (default: half the window)")
     add_sampling_arguments(g)
     g.set_defaults(func=cmd_generate)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unidiff.checks import MAX_GUIDANCE, MAX_TEMPERATURE
 from unidiff.errors import UnidiffError
 from unidiff.model import KINDS, ModelConfig
 
@@ -170,8 +171,6 @@ class Config:
 
 SAVE_DTYPES = ("fp32", "fp16")
 MAX_LR = 1  # AdamW moves each weight by about lr per step: beyond 1 a run only diverges
-MAX_TEMPERATURE = 100  # beyond it float32 logits / T are all but uniform, and a huge T overflows
-MAX_GUIDANCE = 100  # uncond + w * (cond - uncond) overflows float32 long before w = 1e308
 
 
 def _kind(default) -> tuple[type | tuple[type, ...], str] | None:

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from unidiff import checks
 from unidiff.errors import ModalityInputError, UnidiffError
 from unidiff.modality import Modality, checked_encode
 from unidiff.rng import STREAM_EDIT, hashed_uniform
@@ -27,7 +28,17 @@ EDIT_ORDERS = ("random", "confidence")
 
 class Tokens(list):
     """A modality's local ids, given as a segment's content instead of what its tokenizer encodes: e.g. a BPE
-    text cut at token boundaries, which encoding the pieces separately would tokenize differently."""
+    text cut at token boundaries, which encoding the pieces separately would tokenize differently.
+
+    Every id must be an int (a float is refused, never truncated); its range is checked against the modality's
+    vocabulary when the segment is encoded."""
+
+    def __init__(self, ids: Any = ()):
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise UnidiffError(f"Tokens takes a list of ints (a modality's local ids); got {type(ids).__name__} "
+                               f"{ids!r:.60}")
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        super().__init__(checks.whole(f"Tokens id {k}", i) for k, i in enumerate(ids))
 
 
 @dataclass
@@ -36,12 +47,14 @@ class Segment:
 
     Args:
         modality: registry name of the modality, e.g. "text".
-        content: what the modality encodes (a str for text), or its local ids as `Tokens`; for
-            ``role="generate"`` it is ignored.
+        content: what the modality encodes (a str for text), or its local ids as `Tokens`; required for
+            "given" and "edit", refused for "generate" (which starts fully masked).
         role: "given" (kept fixed), "generate" (starts fully masked) or "edit" (the content, of which a fraction
             ``strength`` of the tokens is re-masked and generated again).
-        length: number of tokens to generate (``role="generate"`` only).
-        strength: fraction of the content's tokens an edit re-generates: 0 keeps it, 1 regenerates all of it.
+        length: number of tokens to generate (``role="generate"`` only, an int >= 1).
+        strength: fraction of the content's tokens an edit re-generates: 0 keeps it, 1 regenerates all of it
+            (``role="edit"`` only).
+    Wrong types and values raise `UnidiffError` naming the field (a float length is refused, not truncated).
         order: which tokens an edit re-masks: "random", or "confidence" (those the model finds least likely in
             their context first; scored by the pipeline before sampling).
         variable: a 'generate' segment of *up to* ``length`` tokens: the model may fill some positions with BLANK,
@@ -63,18 +76,37 @@ class Segment:
     schedule: str | None = None
 
     def __post_init__(self):
-        if self.role not in ROLES:
-            raise UnidiffError(f"segment role must be one of {', '.join(ROLES)}; got {self.role!r}")
-        if self.role == "generate" and (self.length is None or self.length < 1):
-            raise UnidiffError(f"a 'generate' segment needs a positive length; got {self.length!r}")
-        if self.role == "edit" and (self.strength is None or not 0.0 <= self.strength <= 1.0):
-            raise UnidiffError(f"an 'edit' segment needs a strength between 0 and 1; got {self.strength!r}")
-        if self.order not in EDIT_ORDERS:
-            raise UnidiffError(f"an edit's order must be one of {', '.join(EDIT_ORDERS)}; got {self.order!r}")
+        checks.text("Segment modality", self.modality)
+        checks.one_of("segment role", self.role, ROLES)
+        if self.role == "generate":
+            if self.length is None:
+                raise UnidiffError("a 'generate' segment needs a positive length (tokens to generate); got None")
+            self.length = checks.whole("a 'generate' segment's length", self.length, 1)
+        elif self.length is not None:
+            raise UnidiffError(f"only a 'generate' segment has a length (a {self.role!r} segment's is its "
+                               f"content's); got length={self.length!r}")
+        if self.role == "edit":
+            if self.strength is None:
+                raise UnidiffError("an 'edit' segment needs a strength between 0 and 1; got None")
+            self.strength = checks.real("an 'edit' segment's strength", self.strength, 0.0, 1.0)
+        elif self.strength is not None:
+            raise UnidiffError(f"only an 'edit' segment has a strength; got strength={self.strength!r} on a "
+                               f"{self.role!r} segment")
+        checks.one_of("an edit's order", self.order, EDIT_ORDERS)
+        checks.flag("a segment's variable", self.variable)
         if self.variable and self.role != "generate":
             raise UnidiffError("only a 'generate' segment can have a variable length")
-        if self.steps is not None and self.steps < 1:
-            raise UnidiffError(f"a segment's steps must be at least 1; got {self.steps}")
+        self.steps = checks.optional(checks.whole, "a segment's steps", self.steps, 1, checks.MAX_COUNT)
+        if isinstance(self.policy, bool) or not (self.policy is None or isinstance(self.policy, str)
+                                                 or callable(getattr(self.policy, "commit", None))):
+            raise UnidiffError(f"a segment's policy takes a policy name (unidiff plugins lists them) or a policy "
+                               f"object; got {type(self.policy).__name__} {self.policy!r:.60}")
+        checks.optional(checks.text, "a segment's schedule", self.schedule)
+        if self.role == "generate" and self.content is not None:
+            raise UnidiffError("a 'generate' segment starts fully masked: give its content to a 'given' or 'edit' "
+                               "segment, not to it")
+        if self.role != "generate" and self.content is None:
+            raise UnidiffError(f"a {self.role!r} segment needs content (what its modality encodes, or Tokens)")
 
     @property
     def spec(self) -> tuple | None:
@@ -163,8 +195,7 @@ def encode_row(segments: Sequence[Segment], layout: VocabLayout, modalities: Map
             part, tgt = [MASK] * seg.length, [True] * seg.length
         else:
             try:
-                local = list(seg.content) if isinstance(seg.content, Tokens) else \
-                    checked_encode(modalities[seg.modality], seg.content)
+                local = encode_content(modalities[seg.modality], seg.content)
                 part = layout.to_global(seg.modality, local).tolist()
             except (ModalityInputError, ValueError) as e:
                 raise ModalityInputError(f"segment {i} ({seg.modality}): {e}") from None
@@ -232,8 +263,16 @@ class Document:
     condition_modality: str | None = None
 
 
-def _local(modality: Modality, content: Any) -> list[int]:
-    return list(content) if isinstance(content, Tokens) else checked_encode(modality, content)
+def encode_content(modality: Modality, content: Any) -> list[int]:
+    """The local ids of a segment's content: `Tokens` as given (checked against the vocabulary), anything else as
+    the modality encodes it (`checked_encode`)."""
+    if not isinstance(content, Tokens):
+        return checked_encode(modality, content)
+    bad = next((k for k, i in enumerate(content) if not 0 <= i < modality.vocab_size), None)
+    if bad is not None:
+        raise ModalityInputError(f"Tokens id {content[bad]} at position {bad} is outside the {modality.name} "
+                           f"vocabulary (0..{modality.vocab_size - 1})")
+    return list(content)
 
 
 def regenerate_positions(modality: str, ids: Sequence[int], hide: set[int] | Sequence[int]) -> list[Segment]:
@@ -257,7 +296,7 @@ def regenerate_positions(modality: str, ids: Sequence[int], hide: set[int] | Seq
 def encode_docs(docs: Sequence[Any], modality: Modality, layout: VocabLayout) -> list[torch.Tensor]:
     """Encode whole documents of one modality into global-id tensors (a `Document` gives its content; content
     given as `Tokens` is taken as the modality's local ids, e.g. images encoded once, in batches)."""
-    return [layout.to_global(modality.name, _local(modality, d.content if isinstance(d, Document) else d))
+    return [layout.to_global(modality.name, encode_content(modality, d.content if isinstance(d, Document) else d))
             for d in docs]
 
 
@@ -275,7 +314,7 @@ def encode_conditions(docs: Sequence[Any], modality: Modality, layout: VocabLayo
     ``modality`` encodes them: the documents' `condition_modality` (see `condition_modality`)."""
     if not any(isinstance(d, Document) and d.condition is not None for d in docs):
         return None
-    return [layout.to_global(modality.name, _local(modality, d.condition))
+    return [layout.to_global(modality.name, encode_content(modality, d.condition))
             if isinstance(d, Document) and d.condition is not None else torch.zeros(0, dtype=torch.long)
             for d in docs]
 

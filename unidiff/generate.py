@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,14 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
+from unidiff import checks
 from unidiff.checkpoint import load_model
-from unidiff.data import Row, Segment, Tokens, collate, encode_row
+from unidiff.checks import MAX_GUIDANCE, MAX_TEMPERATURE
+from unidiff.config import SampleConfig
+from unidiff.data import Row, Segment, Tokens, collate, encode_content, encode_row
 from unidiff.device import autocast, precision_name, resolve_device, resolve_precision, run_conditions
 from unidiff.errors import UnidiffError
+from unidiff.modality import checked_decode
 from unidiff.plugins import Registry
 from unidiff.sampling import GroupSpec, SampleOutput, sample, sample_causal
 from unidiff.stream import sample_stream
@@ -90,7 +95,8 @@ def decode_row(ids: torch.Tensor, row: Row, layout: VocabLayout, modalities) -> 
             runs[-1][2] = stop
         else:
             runs.append([name, start, stop])
-    return [(name, modalities[name].decode(local_ids(ids[start:stop], name, layout))) for name, start, stop in runs]
+    return [(name, checked_decode(modalities[name], local_ids(ids[start:stop], name, layout)))
+            for name, start, stop in runs]
 
 
 def local_ids(part: torch.Tensor, name: str, layout: VocabLayout) -> list[int]:
@@ -146,6 +152,8 @@ class Pipeline:
         self.precision = precision_name(amp_dtype)  # what reports say the passes ran in
         self.layout: VocabLayout = model.layout
         self.registry = registry or Registry()  # where policies are looked up
+        if "sampling" in config:  # a config.json may hold anything: checked as the loader checks it
+            SampleConfig.from_dict(config["sampling"])
         # The model's recommended sampling settings (see generate), over the engine's own defaults.
         self.sampling = {"policy": "confidence", "temperature": 1.0, "steps_per_token": None, "remask": 0.0,
                          "guidance": 1.0, **config.get("sampling", {})}
@@ -158,6 +166,15 @@ class Pipeline:
         ``quantize="int8"`` (CPU only) runs the transformer's linear layers with int8 weights and dynamically
         quantised int8 activations (`torch.ao.quantization.quantize_dynamic`); its speed and quality are in bench/.
         """
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
+        if not isinstance(model, str) or not model.strip():
+            raise UnidiffError(f"Pipeline.load takes a registered model name (unidiff plugins lists them) or the "
+                               f"path of a model folder; got {model!r}")
+        checks.text("device", device)
+        checks.text("precision", precision)
+        if registry is not None and not isinstance(registry, Registry):
+            raise UnidiffError(f"registry takes a unidiff.Registry; got {type(registry).__name__}")
         registry = registry or Registry()
         dev = resolve_device(device)
         if quantize is not None and quantize != "int8":
@@ -188,11 +205,13 @@ class Pipeline:
                 raise UnidiffError(f"this model has several modalities ({', '.join(self.modalities)}); "
                                    f"say which one to generate with --modality")
             return next(iter(self.modalities.values()))
+        checks.text("modality", name)
         self.layout.block(name)  # raises, listing the model's modalities
         return self.modalities[name]
 
     def encode(self, samples: Sequence[Sequence[Segment]], seed: int = 0) -> list[Row]:
         """Encode and check the samples; sample i uses seed + i (for the tokens its edits re-mask)."""
+        check_samples(samples)
         rows = []
         for i, segments in enumerate(samples):
             for seg in segments:
@@ -253,6 +272,24 @@ class Pipeline:
                 autoregressive model in successive batches. The samples are the same as without it.
             progress: a progress bar of the generated tokens on stderr (tqdm; shown only on a terminal).
         """
+        steps = checks.optional(checks.whole, "steps", steps, 1, checks.MAX_COUNT)
+        checks.optional(checks.text, "policy", policy)
+        if policy_options is not None and not isinstance(policy_options, dict):
+            raise UnidiffError(f"policy_options takes a dict of the policy's options, e.g. {{'threshold': 0.9}}; "
+                               f"got {type(policy_options).__name__}")
+        seed = checks.whole("seed", seed, 0, checks.SEED_MAX)
+        temperature = checks.optional(checks.real, "temperature", temperature, 0, MAX_TEMPERATURE)
+        top_k = checks.whole("top_k", top_k, 0)
+        top_p = checks.real("top_p", top_p, 0, 1, low_open=True)
+        checks.optional(checks.text, "schedule", schedule)
+        block_length = checks.optional(checks.whole, "block_length", block_length, 1, checks.MAX_COUNT)
+        remask = checks.optional(checks.real, "remask", remask, 0, 1)
+        guidance = checks.optional(checks.real, "guidance", guidance, 0, MAX_GUIDANCE)
+        checks.flag("symmetric", symmetric)
+        if not isinstance(cache, bool):
+            checks.one_of("cache", cache, (False, True, "dual", "delta"))
+        max_batch = checks.optional(checks.whole, "max_batch", max_batch, 1, checks.MAX_COUNT)
+        checks.flag("progress", progress)
         rec = self.sampling
         pol = self.registry.policy(policy or rec["policy"], **(policy_options or {}))
         temperature = rec["temperature"] if temperature is None else temperature
@@ -277,8 +314,6 @@ class Pipeline:
             steps = [max(1, math.ceil(n * rec["steps_per_token"]), math.ceil(n / (block_length or max(n, 1))))
                      for n in n_default]
         model = Mirrored(self.model, mirror_perms(self.modalities)) if symmetric else self.model
-        if max_batch is not None and max_batch < 1:
-            raise UnidiffError(f"--max-batch must be at least 1; got {max_batch}")
         bar = tqdm(total=sum(int(r.targets.sum()) for r in rows), unit="tok", desc="generate", leave=False,
                    disable=None if progress else True, dynamic_ncols=True)
         if self.model.cfg.kind == "autoregressive" and guidance == 1.0 and not specs and not symmetric:
@@ -399,9 +434,10 @@ class Pipeline:
         ``length`` defaults to the modality's default length, cut to what the context leaves after the prompt.
         Other keyword arguments go to `generate`.
         """
+        checks.keywords("complete", kwargs, self.generate)
         m = self.modality(modality)
-        if num < 1:
-            raise UnidiffError(f"--num must be at least 1; got {num}")
+        num = checks.whole("num", num, 1)
+        length = checks.optional(checks.whole, "length", length, 1)
         has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
         if has_prompt and isinstance(prompt, str) and getattr(m, "prompt_as_condition", False):
             # e.g. an image model: a text prompt is the caption to draw, in the condition modality
@@ -416,8 +452,6 @@ class Pipeline:
             if length < 1:
                 raise UnidiffError(f"the prompt takes {used} tokens but the model's context is {self.max_len}, "
                                    f"leaving no room to generate: shorten the prompt")
-        elif length < 1:
-            raise UnidiffError(f"--length must be at least 1; got {length}")
         segments.append(Segment(m.name, role="generate", length=length))
         return self.generate([segments] * num, **kwargs)
 
@@ -440,22 +474,23 @@ class Pipeline:
         a window never reuses another request's seeds). The result counts every window's forward passes, tokens
         and seconds; its contents are the prompt and all new tokens, decoded once.
         """
+        checks.keywords("complete_long", kwargs, self.generate)
         m = self.modality(modality)
         if getattr(m, "prompt_as_condition", False) or getattr(m, "grid", None) is not None:
             raise UnidiffError(f"{m.name} samples have a fixed size: generate them with complete(), not complete_long")
         if kwargs.pop("steps", None) is not None:
             raise UnidiffError("complete_long takes steps_per_token (its windows differ in length), not steps")
-        if num < 1 or length < 1:
-            raise UnidiffError(f"num and length must be at least 1; got {num}, {length}")
+        num, length = checks.whole("num", num, 1), checks.whole("length", length, 1)
+        steps_per_token = checks.optional(checks.real, "steps_per_token", steps_per_token, 0, 1, low_open=True)
         window = self.window(condition, m.name)
-        overlap = window // 2 if overlap is None else overlap
+        overlap = window // 2 if overlap is None else checks.whole("overlap", overlap)
         if not 0 <= overlap < window:
             raise UnidiffError(f"overlap must be in [0, {window}) for this model's window of {window} tokens; "
                                f"got {overlap}")
         has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
-        given = list(m.encode(prompt)) if has_prompt else []
+        given = encode_content(m, prompt) if has_prompt else []
         rows = [list(given) for _ in range(num)]
-        seed = kwargs.pop("seed", 0)
+        seed = checks.whole("seed", kwargs.pop("seed", 0), 0, checks.SEED_MAX)
         made, w, nfe, generated, seconds = 0, 0, [0] * num, [0] * num, 0.0
         while made < length:
             keep = [list(r) if w == 0 else r[len(r) - min(overlap, len(r)):] for r in rows]
@@ -473,7 +508,7 @@ class Pipeline:
                 generated[i] += gen.generated[i]
             seconds += gen.seconds
             made, w = made + n, w + 1
-        return Generation([[(m.name, m.decode(r))] for r in rows], nfe, generated, seconds,
+        return Generation([[(m.name, checked_decode(m, r))] for r in rows], nfe, generated, seconds,
                           [r[len(given):] for r in rows], self.precision)
 
     def caption_modality(self, m) -> str:
@@ -491,10 +526,11 @@ class Pipeline:
         """Generate the condition for given content (an image -> its caption): ``num`` samples of up to ``length``
         tokens of the model's condition modality (default: the longest condition it was trained to generate),
         placed before the content as in training. Read them with ``.contents(condition modality)``."""
+        checks.keywords("caption", kwargs, self.generate)
         m = self.modality(modality)
         cond = self.caption_modality(m)
-        if num < 1:
-            raise UnidiffError(f"--num must be at least 1; got {num}")
+        num = checks.whole("num", num, 1)
+        length = checks.optional(checks.whole, "length", length, 1)
         trained = self.config.get("training", {}).get("data", {}).get("cond_hole", 0)
         length = length or trained or self.modalities[cond].default_length
         variable = self.layout.has_blank
@@ -516,10 +552,11 @@ class Pipeline:
 
         E.g. ``"ROMEO\\nO, <mask:20> art thou Romeo?"``. Other keyword arguments go to `generate`.
         """
+        checks.keywords("infill", kwargs, self.generate)
+        checks.text("template", template, empty=True)
         m = self.modality(modality)
+        num = checks.whole("num", num, 1)
         segments = self.conditioned(condition, parse_holes(template, m.name))
-        if num < 1:
-            raise UnidiffError(f"--num must be at least 1; got {num}")
         return self.generate([segments] * num, **kwargs)
 
     def edit(self, content: Any, strength: float, *, modality: str | None = None, num: int = 1,
@@ -533,11 +570,31 @@ class Pipeline:
                 title, for style transfer); the output then starts with it.
         Other keyword arguments go to `generate`; the rest of the content is the context.
         """
+        checks.keywords("edit", kwargs, self.generate)
         m = self.modality(modality)
-        if num < 1:
-            raise UnidiffError(f"--num must be at least 1; got {num}")
+        num = checks.whole("num", num, 1)
         segments = self.conditioned(prompt, [Segment(m.name, content, role="edit", strength=strength, order=order)])
         return self.generate([segments] * num, **kwargs)
+
+
+def check_samples(samples: Any) -> None:
+    """``samples`` is a non-empty list (or tuple) of samples, each a non-empty list of `Segment`s, else a
+    `UnidiffError` saying what was given (e.g. a bare string, whose prompt belongs to `Pipeline.complete`)."""
+    fix = ("generate takes a list of samples, each a list of unidiff.Segment, e.g. "
+           "[[Segment('text', 'KING.'), Segment('text', role='generate', length=64)]]; for a prompt use complete()")
+    if not isinstance(samples, (list, tuple)):
+        raise UnidiffError(f"{fix}; got {type(samples).__name__} {samples!r:.60}")
+    if not samples:
+        raise UnidiffError(f"no samples to generate: {fix}")
+    for i, segments in enumerate(samples):
+        if isinstance(segments, Segment) or not isinstance(segments, (list, tuple)):
+            raise UnidiffError(f"sample {i} is a {type(segments).__name__}, not a list of Segment: {fix}")
+        if not segments:
+            raise UnidiffError(f"sample {i} has no segments: {fix}")
+        for j, seg in enumerate(segments):
+            if not isinstance(seg, Segment):
+                raise UnidiffError(f"sample {i}, segment {j} is a {type(seg).__name__} {seg!r:.40}, not a Segment: "
+                                   f"{fix}")
 
 
 HOLE = re.compile(r"<(mask|blank):(\d+)>")
