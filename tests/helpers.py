@@ -1,12 +1,21 @@
-"""Pieces the tests share: a fake modality (a str over an alphabet, one local id per letter) and checkpoint
-weight comparison."""
+"""Pieces the tests share (no test module imports another): fake modalities (`Letters`, a str over an alphabet;
+`Bytes`, UTF-8 bytes), a small sharp untrained denoiser and rows for it, a tiny training config with its documents
+and log readers, checkpoint weight comparison, and `write_dist` (an installed plugin distribution on disk)."""
 
+import json
+import textwrap
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from unidiff.config import Config, DataConfig, TrainConfig
+from unidiff.data import Segment, encode_row
 from unidiff.errors import ModalityInputError
+from unidiff.modality import make_head
+from unidiff.model import Denoiser, ModelConfig
+from unidiff.train import STATE
+from unidiff.vocab import VocabLayout
 
 
 class Letters:
@@ -43,3 +52,89 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), f"{a}/{k} differs"
+
+
+def tiny_denoiser(seed=0, vocab=("text", 256), n_layers=2):
+    torch.manual_seed(seed)
+    layout = VocabLayout({vocab[0]: vocab[1]})
+
+    class M:
+        vocab_size = vocab[1]
+
+    model = Denoiser(ModelConfig(d_model=32, n_layers=n_layers, n_heads=2, max_len=64), layout,
+                     {vocab[0]: make_head(M, 32)}).eval()
+    # Sharper than the std-0.02 init, like a trained model: an untrained one predicts the same flat distribution
+    # at every masked position, and its exact ties would be broken by float rounding (padded vs unpadded rows).
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+class Bytes:
+    name, vocab_size, default_length = "text", 256, 16
+
+    def encode(self, s):
+        return list(s.encode())
+
+    def decode(self, ids):
+        return bytes(ids).decode(errors="replace")
+
+
+def rows_of(prompts_and_lengths, layout):
+    rows = []
+    for prompt, n in prompts_and_lengths:
+        segs = ([Segment("text", prompt)] if prompt else []) + [Segment("text", role="generate", length=n)]
+        rows.append(encode_row(segs, layout, {"text": Bytes()}))
+    return rows
+
+
+def write_dist(root: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
+    """Lay out an installed distribution under ``root``: its packages and a ``.dist-info`` folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    for module, source in modules.items():
+        (root / module).mkdir(exist_ok=True)
+        (root / module / "__init__.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(
+        "[unidiff]\n" + "".join(f"{name} = {target}\n" for name, target in entry_points.items()))
+    return root
+
+
+TRAIN_DOCS = [
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+    "it was the season of Darkness, it was the spring of hope, it was the winter of despair.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
+    "and nothing particular to interest me on shore, I thought I would sail about a little and see the watery "
+    "part of the world.",
+    "Short doc.",  # shorter than a window: one padded window
+]
+
+
+EVAL_DOCS = ["All happy families are alike; each unhappy family is unhappy in its own way. Everything was in "
+             "confusion in the Oblonskys' house. The wife had discovered that the husband was carrying on an "
+             "intrigue with a French girl, who had been a governess in their family."]
+
+
+N = 10  # steps of the reference run; checkpoints every N // 2
+
+
+def tiny_cfg(out_dir: Path, dropout: float = 0.1, seq_len: int = 32, n_layers: int = 1, **train_kw) -> Config:
+    # dropout > 0 makes the loop use the global torch RNG too, so resume must restore it as well
+    kw = dict(steps=N, batch_size=8, lr=3e-3, warmup=3, min_lr_ratio=0.1, eval_every=N // 2, eval_windows=4,
+              save_every=N // 2, seed=0, precision="fp32", device="cpu", progress=False, out_dir=str(out_dir))
+    kw.update(train_kw)
+    return Config(ModelConfig(d_model=32, n_layers=n_layers, n_heads=2, max_len=32, dropout=dropout),
+                  DataConfig(seq_len=seq_len), TrainConfig(**kw))
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def saved_step(out: Path) -> int:
+    return torch.load(out / "last" / STATE, weights_only=True)["step"]

@@ -13,7 +13,7 @@ from unidiff.policies import Confidence
 from unidiff.sampling import sample
 from unidiff.vocab import MASK, VocabLayout
 
-from test_sampling import rows_of, tiny_denoiser
+from helpers import rows_of, tiny_denoiser
 
 
 def test_span_pass_equals_the_full_pass_when_nothing_changed():

@@ -34,8 +34,7 @@ from unidiff.model import ModelConfig
 from unidiff.plugins import Registry
 from unidiff.train import STATE, TrainingError, train
 
-from helpers import assert_same_weights, weights
-from test_train import EVAL_DOCS, N, TRAIN_DOCS, read_log, saved_step, tiny_cfg
+from helpers import EVAL_DOCS, N, TRAIN_DOCS, assert_same_weights, read_log, saved_step, tiny_cfg, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -383,7 +382,6 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     import unidiff.checkpoint as ckpt, unidiff.train as train_mod
     from unidiff.plugins import Registry
-    from test_train import EVAL_DOCS, TRAIN_DOCS, tiny_cfg
 
     mode, out = sys.argv[1], Path(sys.argv[2])
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

@@ -25,7 +25,7 @@ from unidiff.modality import MAX_REPR, checked_decode, checked_encode
 from unidiff.plugins import DISABLE_ENV, Registry, get_plugin_manager
 from unidiff.vocab import VocabLayout
 
-from test_plugins import write_dist
+from helpers import write_dist
 
 # --------------------------------------------------------------------------------------------------------------
 # The broken plugins, as source text: entry-point name -> (distribution, module source)

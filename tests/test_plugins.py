@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,8 @@ import pytest
 from unidiff.errors import UnidiffError, UnknownNameError
 from unidiff.hookspecs import hookimpl
 from unidiff.plugins import DISABLE_ENV, Registry, get_plugin_manager
+
+from helpers import write_dist
 
 # --------------------------------------------------------------------------------------------------------------
 # The throwaway plugins, as source text
@@ -136,20 +137,6 @@ save_every = 30
 warmup = 5
 out_dir = "{out_dir}"
 '''
-
-
-def write_dist(root: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
-    """Lay out an installed distribution under ``root``: its packages and a ``.dist-info`` folder."""
-    root.mkdir(parents=True, exist_ok=True)
-    for module, source in modules.items():
-        (root / module).mkdir(exist_ok=True)
-        (root / module / "__init__.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist}-{version}.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text(
-        "[unidiff]\n" + "".join(f"{name} = {target}\n" for name, target in entry_points.items()))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ PROBS = torch.tensor([[0.90, 0.05, 0.05],   # position 0: symbol 0, confidence 0
                       [0.10, 0.80, 0.10]],  # position 3: symbol 1, confidence 0.8
                      dtype=torch.float64)
 
+from helpers import Bytes, rows_of, tiny_denoiser
+
 
 class FixedModel(nn.Module):
     """Ignores its input: position i always predicts probs[i] over the 3 symbols of modality "abc"."""
@@ -100,42 +102,6 @@ def test_ancestral_reveal_probabilities_are_one_over_steps_left():
     assert probs == pytest.approx([1 / 4, 1 / 3, 1 / 2, 1.0])
     assert left.tolist() == [9] * 4
     assert sigma.tolist() == [0.0] * 4  # no remasking unless asked
-
-
-def tiny_denoiser(seed=0, vocab=("text", 256), n_layers=2):
-    torch.manual_seed(seed)
-    layout = VocabLayout({vocab[0]: vocab[1]})
-
-    class M:
-        vocab_size = vocab[1]
-
-    model = Denoiser(ModelConfig(d_model=32, n_layers=n_layers, n_heads=2, max_len=64), layout,
-                     {vocab[0]: make_head(M, 32)}).eval()
-    # Sharper than the std-0.02 init, like a trained model: an untrained one predicts the same flat distribution
-    # at every masked position, and its exact ties would be broken by float rounding (padded vs unpadded rows).
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3)
-    return model
-
-
-class Bytes:
-    name, vocab_size, default_length = "text", 256, 16
-
-    def encode(self, s):
-        return list(s.encode())
-
-    def decode(self, ids):
-        return bytes(ids).decode(errors="replace")
-
-
-def rows_of(prompts_and_lengths, layout):
-    rows = []
-    for prompt, n in prompts_and_lengths:
-        segs = ([Segment("text", prompt)] if prompt else []) + [Segment("text", role="generate", length=n)]
-        rows.append(encode_row(segs, layout, {"text": Bytes()}))
-    return rows
 
 
 REQUESTS = [("To be", 9), ("", 4), ("Once more unto", 17), ("A", 1)]

@@ -12,7 +12,7 @@ from unidiff.policies import Ancestral, Confidence
 from unidiff.sampling import sample
 from unidiff.stream import sample_stream
 
-from test_sampling import rows_of, tiny_denoiser
+from helpers import rows_of, tiny_denoiser
 
 REQUESTS = [("ab", 12), ("hello", 4), ("x", 20), ("", 8), ("abc", 6), ("q", 16)]
 STEPS = [6, 2, 20, 3, 6, 4]

@@ -13,38 +13,13 @@ import torch
 import unidiff.checkpoint as ckpt
 import unidiff.train as train_mod
 from unidiff.checkpoint import load_model
-from unidiff.config import Config, DataConfig, TrainConfig
+from unidiff.config import Config, TrainConfig
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.fs import OutputError
-from unidiff.model import ModelConfig
 from unidiff.plugins import Registry
 from unidiff.train import STATE, lr_at, train
 
-from helpers import assert_same_weights, weights
-
-TRAIN_DOCS = [
-    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
-    "it was the season of Darkness, it was the spring of hope, it was the winter of despair.",
-    "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
-    "and nothing particular to interest me on shore, I thought I would sail about a little and see the watery "
-    "part of the world.",
-    "Short doc.",  # shorter than a window: one padded window
-]
-EVAL_DOCS = ["All happy families are alike; each unhappy family is unhappy in its own way. Everything was in "
-             "confusion in the Oblonskys' house. The wife had discovered that the husband was carrying on an "
-             "intrigue with a French girl, who had been a governess in their family."]
-
-N = 10  # steps of the reference run; checkpoints every N // 2
-
-
-def tiny_cfg(out_dir: Path, dropout: float = 0.1, seq_len: int = 32, n_layers: int = 1, **train_kw) -> Config:
-    # dropout > 0 makes the loop use the global torch RNG too, so resume must restore it as well
-    kw = dict(steps=N, batch_size=8, lr=3e-3, warmup=3, min_lr_ratio=0.1, eval_every=N // 2, eval_windows=4,
-              save_every=N // 2, seed=0, precision="fp32", device="cpu", progress=False, out_dir=str(out_dir))
-    kw.update(train_kw)
-    return Config(ModelConfig(d_model=32, n_layers=n_layers, n_heads=2, max_len=32, dropout=dropout),
-                  DataConfig(seq_len=seq_len), TrainConfig(**kw))
+from helpers import EVAL_DOCS, N, TRAIN_DOCS, assert_same_weights, read_log, saved_step, tiny_cfg, weights
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +44,6 @@ def ref_copy(reference, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(reference[0], dst)
     return dst
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-
-
-def saved_step(out: Path) -> int:
-    return torch.load(out / "last" / STATE, weights_only=True)["step"]
 
 
 def figures(folder: Path) -> dict:
