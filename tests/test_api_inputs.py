@@ -130,8 +130,8 @@ CASES = [
     ("edit unknown kw", lambda p: p.edit("KING", 0.5, bar=2), "edit got unknown keyword argument.*bar"),
     ("complete_long unknown kw", lambda p: p.complete_long(length=4, baz=1), "complete_long got unknown"),
     # Pipeline.load and construction
-    ("load empty", lambda p: Pipeline.load(""), "registered model name .* or the path of a model folder"),
-    ("load blank", lambda p: Pipeline.load("   "), "registered model name"),
+    ("load empty", lambda p: Pipeline.load(""), "empty name.*registered model"),
+    ("load blank", lambda p: Pipeline.load("   "), "unknown model .*registered name or the path"),
     ("load None", lambda p: Pipeline.load(None), "registered model name"),
     ("load int", lambda p: Pipeline.load(3), "registered model name"),
     ("load device None", lambda p: Pipeline.load("text", device=None), "device takes a string"),

@@ -181,7 +181,7 @@ BAD_INPUTS = {
     "truncated weights": (["generate", "--model", "{truncated}"], ["model.safetensors is corrupt or truncated"]),
     "garbled config": (["eval", "--model", "{garbled}"], ["config.json is corrupt or truncated"]),
     "bad --remask": (["generate", "--remask", "1.5"], ["--remask", "between 0 and 1"]),
-    "bad --guidance": (["generate", "--guidance", "-1"], ["--guidance", ">= 0"]),
+    "bad --guidance": (["generate", "--guidance", "-1"], ["--guidance", "must be a number in [0, 100]"]),
     "stage 2 before stage 1": (["train", "configs/text.toml", "--set", "train.init=runs/nothing", "--set",
                                 "train.out_dir={truncated}-run"], ["train.init = 'runs/nothing'", "text-base.toml"]),
     "caption a missing image": (["caption", "nosuch.png"], ["no such file: nosuch.png"]),

@@ -340,7 +340,7 @@ def test_confidence_edit_of_strength_zero_changes_nothing(pipe):
 
 
 def test_unknown_edit_order_raises(pipe):
-    with pytest.raises(UnidiffError, match="order must be one of random, confidence; got 'best'"):
+    with pytest.raises(UnidiffError, match="order must be one of 'random', 'confidence'; got 'best'"):
         Segment("abc", CONTENT, role="edit", strength=0.5, order="best")
     with pytest.raises(UnidiffError, match="order"):
         pipe.edit(CONTENT, 0.5, order="best")

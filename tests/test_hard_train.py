@@ -382,6 +382,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     import unidiff.checkpoint as ckpt, unidiff.train as train_mod
     from unidiff.plugins import Registry
+    from helpers import EVAL_DOCS, TRAIN_DOCS, tiny_cfg
 
     mode, out = sys.argv[1], Path(sys.argv[2])
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

@@ -168,7 +168,7 @@ class Pipeline:
         """
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
-        if not isinstance(model, str) or not model.strip():
+        if not isinstance(model, str):  # an empty or blank name is the loader's to refuse, with its advice
             raise UnidiffError(f"Pipeline.load takes a registered model name (unidiff plugins lists them) or the "
                                f"path of a model folder; got {model!r}")
         checks.text("device", device)
@@ -272,7 +272,10 @@ class Pipeline:
                 autoregressive model in successive batches. The samples are the same as without it.
             progress: a progress bar of the generated tokens on stderr (tqdm; shown only on a terminal).
         """
-        steps = checks.optional(checks.whole, "steps", steps, 1, checks.MAX_COUNT)
+        if isinstance(steps, (list, tuple)):  # one budget per sample
+            steps = [checks.whole(f"steps[{i}]", s, 1, checks.MAX_COUNT) for i, s in enumerate(steps)]
+        else:
+            steps = checks.optional(checks.whole, "steps", steps, 1, checks.MAX_COUNT)
         checks.optional(checks.text, "policy", policy)
         if policy_options is not None and not isinstance(policy_options, dict):
             raise UnidiffError(f"policy_options takes a dict of the policy's options, e.g. {{'threshold': 0.9}}; "
