@@ -176,7 +176,7 @@ def test_an_exact_float_is_still_not_a_whole_number(pipe):
 
 
 MIXED = st.one_of(st.integers(-3, 8), st.integers(min_value=2 ** 62, max_value=2 ** 80), st.floats(allow_nan=True),
-                  st.text(max_size=3), st.booleans(), st.none(), st.sampled_from([1e308, -0.0, 0.5, 1.0, 2.0]))
+                  st.text(max_size=3), st.booleans(), st.none(), st.sampled_from([1e308, -0.0, 0.5, 1.0, 2.0, 5e-324, 1e-310, 1e-40, 1 - 1e-16]))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -437,7 +437,8 @@ def test_cached_decoding_gives_the_uncached_states():
 def test_cached_sampling_draws_what_the_uncached_loop_draws(pipe, temperature):
     from unidiff.data import collate
     from unidiff.policies import Confidence
-    from unidiff.sampling import sample, sample_causal
+    from unidiff.causal import sample_causal
+    from unidiff.sampling import sample
 
     batch = collate(pipe.encode(SEGS, 0))
     slow = sample(pipe.model, batch, Confidence(), seeds=7, temperature=temperature, block_length=1)

@@ -224,6 +224,20 @@ def test_propose_draws_in_proportion_and_never_a_forbidden_id():
     assert cold[:3].tolist() == pytest.approx((p / p.sum()).tolist(), abs=0.004)
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45, 1.1125369292536007e-308, 5e-324])
+def test_a_vanishing_temperature_is_the_greedy_limit(temperature):
+    # A temperature below float32's range once gave NaN draws and an id past the vocabulary (found by hypothesis).
+    logits = torch.tensor([[-11.0, -10.5, float("-inf"), -10.9], [float("-inf"), 3.0, 2.0, 3.0]])
+    u = torch.tensor([0.99, 0.99])
+    tokens, conf = propose(logits, u, temperature=temperature)
+    assert tokens[0].item() == 1                       # a unique maximum is always drawn
+    assert tokens[1].item() == 3                       # two tied maxima share the mass: u=0.99 takes the later one
+    assert propose(logits, torch.tensor([0.0, 0.0]), temperature=temperature)[0].tolist() == [1, 1]
+    assert conf.tolist() == pytest.approx(logits.softmax(-1).gather(1, tokens[:, None]).squeeze(1).tolist())
+    # A top-p that rounds to 0 in float32 still keeps the most likely id (it once dropped every id).
+    assert propose(logits, u, top_p=temperature)[0].tolist() == [1, 1]
+
+
 # --- every registered policy against a hand computation -------------------------------------------------------
 
 # Chosen so that confidence, margin and entropy rank the four positions in three different orders.
@@ -357,7 +371,7 @@ def test_steps_are_shared_between_blocks_without_exceeding_the_budget():
 def test_progress_counts_the_committed_targets():
     """sample, sample_stream and sample_causal report the target tokens committed so far: monotone without
     remasking, ending at the number of targets."""
-    from unidiff.sampling import sample_causal
+    from unidiff.causal import sample_causal
     from unidiff.stream import sample_stream
 
     model = tiny_denoiser(3)

@@ -420,7 +420,7 @@ def _stream_vs_static(bench: Bench, length: int, batch: int,
 
 
 def _with_int8(pipe: Pipeline, fn) -> float:
-    from unidiff.generate import quantize_int8
+    from unidiff.quantize import quantize_int8
 
     saved = pipe.model.blocks
     try:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from unidiff.config import SampleConfig
 from unidiff.errors import CheckpointError, PluginError, UnidiffError, UnknownNameError
+from unidiff.fs import fsync_path
 from unidiff.modality import Modality, grids_of, make_head
 from unidiff.model import Denoiser, ModelConfig
 from unidiff.plugins import DISABLE_ENV, Registry
@@ -69,19 +70,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)  # make the renames themselves durable
+    fsync_path(path.parent)  # make the renames themselves durable
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform opens folders
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def recover(path: str | Path) -> None:

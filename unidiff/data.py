@@ -116,6 +116,26 @@ class Segment:
         return (self.policy, self.steps, self.schedule)
 
 
+def check_samples(samples: Any) -> None:
+    """``samples`` is a non-empty list (or tuple) of samples, each a non-empty list of `Segment`s, else a
+    `UnidiffError` saying what was given (e.g. a bare string, whose prompt belongs to `Pipeline.complete`)."""
+    fix = ("generate takes a list of samples, each a list of unidiff.Segment, e.g. "
+           "[[Segment('text', 'KING.'), Segment('text', role='generate', length=64)]]; for a prompt use complete()")
+    if not isinstance(samples, (list, tuple)):
+        raise UnidiffError(f"{fix}; got {type(samples).__name__} {samples!r:.60}")
+    if not samples:
+        raise UnidiffError(f"no samples to generate: {fix}")
+    for i, segments in enumerate(samples):
+        if isinstance(segments, Segment) or not isinstance(segments, (list, tuple)):
+            raise UnidiffError(f"sample {i} is a {type(segments).__name__}, not a list of Segment: {fix}")
+        if not segments:
+            raise UnidiffError(f"sample {i} has no segments: {fix}")
+        for j, seg in enumerate(segments):
+            if not isinstance(seg, Segment):
+                raise UnidiffError(f"sample {i}, segment {j} is a {type(seg).__name__} {seg!r:.40}, not a Segment: "
+                                   f"{fix}")
+
+
 @dataclass
 class Row:
     ids: torch.Tensor  # (L,) global ids; MASK where generated, the original token where edited

@@ -76,7 +76,9 @@ def writes_here(err: BaseException) -> bool:
     return isinstance(err, OSError) or error_code(err) is not None
 
 
-def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
+def fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
+    """fsync a file or folder (a folder: to make the renames in it durable); a platform that cannot open folders
+    skips it."""
     try:
         fd = os.open(path, flags)
     except OSError:  # not every platform opens folders
@@ -103,7 +105,7 @@ def atomic_path(path: str | Path, elsewhere: str = ELSEWHERE) -> Iterator[Path]:
         tmp_dir.mkdir()
         tmp = tmp_dir / path.name
         yield tmp
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -111,7 +113,7 @@ def atomic_path(path: str | Path, elsewhere: str = ELSEWHERE) -> Iterator[Path]:
             raise os_error(path, e, elsewhere) from None
         raise
     os.rmdir(tmp_dir)
-    _fsync(path.parent)  # make the rename itself durable
+    fsync_path(path.parent)  # make the rename itself durable
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -27,12 +27,14 @@ from unidiff import checks
 from unidiff.checkpoint import load_model
 from unidiff.checks import MAX_GUIDANCE, MAX_TEMPERATURE
 from unidiff.config import SampleConfig
-from unidiff.data import Row, Segment, Tokens, collate, encode_content, encode_row
+from unidiff.data import Row, Segment, Tokens, check_samples, collate, encode_content, encode_row
 from unidiff.device import autocast, precision_name, resolve_device, resolve_precision, run_conditions
 from unidiff.errors import UnidiffError
 from unidiff.modality import checked_decode
 from unidiff.plugins import Registry
-from unidiff.sampling import GroupSpec, SampleOutput, sample, sample_causal
+from unidiff.quantize import bad_quantize, quantize_int8
+from unidiff.causal import sample_causal
+from unidiff.sampling import GroupSpec, SampleOutput, sample
 from unidiff.stream import sample_stream
 from unidiff.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
@@ -107,24 +109,6 @@ def local_ids(part: torch.Tensor, name: str, layout: VocabLayout) -> list[int]:
     return layout.to_local(name, part).tolist()
 
 
-def quantize_int8(model, device: torch.device):
-    """The model with the linear layers of its transformer blocks quantised to int8 (CPU)."""
-    if device.type != "cpu":
-        raise UnidiffError("int8 quantization runs on the CPU only: drop --quantize or use --device cpu")
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():  # torch marks its quantized tensor types for a future move to torchao
-        warnings.simplefilter("ignore")
-        model.blocks = quantize_dynamic(model.blocks, {torch.nn.Linear}, dtype=torch.qint8)
-    return model
-
-
-def _bad_quantize(name: str):
-    raise UnidiffError(f"unknown quantization {name!r}; the one available is int8")
-
-
 def _concat(outs: list[SampleOutput]) -> SampleOutput:
     """One `SampleOutput` of batches run one after the other (rows padded to the widest)."""
     if len(outs) == 1:
@@ -178,7 +162,7 @@ class Pipeline:
         registry = registry or Registry()
         dev = resolve_device(device)
         if quantize is not None and quantize != "int8":
-            _bad_quantize(quantize)
+            bad_quantize(quantize)
         if quantize and precision == "bf16":
             raise UnidiffError("--quantize int8 runs the linear layers in int8 with fp32 around them: drop "
                                "--precision bf16 (or --quantize)")
@@ -578,26 +562,6 @@ class Pipeline:
         num = checks.whole("num", num, 1)
         segments = self.conditioned(prompt, [Segment(m.name, content, role="edit", strength=strength, order=order)])
         return self.generate([segments] * num, **kwargs)
-
-
-def check_samples(samples: Any) -> None:
-    """``samples`` is a non-empty list (or tuple) of samples, each a non-empty list of `Segment`s, else a
-    `UnidiffError` saying what was given (e.g. a bare string, whose prompt belongs to `Pipeline.complete`)."""
-    fix = ("generate takes a list of samples, each a list of unidiff.Segment, e.g. "
-           "[[Segment('text', 'KING.'), Segment('text', role='generate', length=64)]]; for a prompt use complete()")
-    if not isinstance(samples, (list, tuple)):
-        raise UnidiffError(f"{fix}; got {type(samples).__name__} {samples!r:.60}")
-    if not samples:
-        raise UnidiffError(f"no samples to generate: {fix}")
-    for i, segments in enumerate(samples):
-        if isinstance(segments, Segment) or not isinstance(segments, (list, tuple)):
-            raise UnidiffError(f"sample {i} is a {type(segments).__name__}, not a list of Segment: {fix}")
-        if not segments:
-            raise UnidiffError(f"sample {i} has no segments: {fix}")
-        for j, seg in enumerate(segments):
-            if not isinstance(seg, Segment):
-                raise UnidiffError(f"sample {i}, segment {j} is a {type(seg).__name__} {seg!r:.40}, not a Segment: "
-                                   f"{fix}")
 
 
 HOLE = re.compile(r"<(mask|blank):(\d+)>")

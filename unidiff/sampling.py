@@ -49,6 +49,7 @@ from unidiff.rng import STREAM_POLICY, STREAM_REMASK, STREAM_TOKEN, hashed_unifo
 from unidiff.kvcache import KVStore, cache_mode
 from unidiff.schedules import Schedule, get_schedule
 from unidiff.vocab import MASK
+from unidiff.widths import by_width, cut_to_width, row_widths
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """(N, V) logits with everything outside the top-k ids and outside the top-p nucleus set to -inf."""
@@ -60,6 +61,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         probs = sorted_logits.softmax(-1)
         # Drop an id when the ids ranked above it already hold top_p of the mass (the first id always stays).
         drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop_sorted[..., 0] = False  # even when top_p rounds to 0 in float32
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -82,8 +84,13 @@ def propose(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.
     if temperature == 0:
         tokens = logits.argmax(-1)
     else:
-        draw = probs if temperature == 1 and top_k == 0 and top_p == 1 else \
-            filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        if temperature == 1 and top_k == 0 and top_p == 1:
+            draw = probs
+        else:
+            # Shift each row's maximum to 0 before dividing, and never divide by less than float32's smallest
+            # normal number: a temperature that tiny is the greedy limit, and the draw must stay finite there.
+            shifted = logits - logits.amax(-1, keepdim=True)
+            draw = filter_logits(shifted / max(temperature, torch.finfo(torch.float32).tiny), top_k, top_p).softmax(-1)
         cdf = draw.cumsum(-1)
         # First id whose cumulative mass exceeds u * total: ids of zero mass can never be drawn.
         total = cdf[:, -1:].contiguous()
@@ -143,34 +150,6 @@ class GroupSpec:
     policy: Policy | None = None
     steps: int | None = None
     schedule: Schedule | str | None = None
-
-
-def cut_to_width(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
-    """Whether passes compute each row at its own width, one pass per distinct width (see `by_width`): at reduced
-    precision on the CPU. Padding a row to its batch's width changes how the attention kernel rounds it, and bf16
-    turns those last-bit differences into different samples; the CPU's matmuls do not depend on how many rows a pass
-    holds, so a row cut to its width is computed exactly as it is alone. fp32 keeps one padded pass (its rounding
-    moves a logit by about 1e-5, bf16's by 0.1, and the quantised confidences absorb it); a GPU's matmuls may
-    depend on the number of rows, and it would pay kernel launches per width."""
-    return amp_dtype is not None and device.type == "cpu"
-
-
-def row_widths(pad_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) each row's width: its last position that is not padding, plus one (at least 1)."""
-    cols = torch.arange(1, pad_mask.shape[1] + 1, device=pad_mask.device)
-    return torch.where(pad_mask, 0, cols).amax(1).clamp(min=1)
-
-
-def by_width(run: Callable[[torch.Tensor, int], torch.Tensor], widths: torch.Tensor, L: int) -> torch.Tensor:
-    """(n, L, d) features of n rows, from ``run(rows, w)``: the (len(rows), w, d) features of those rows cut to
-    width w, called once per distinct width in ``widths`` ((n,)), so no row is padded (zeros past each width)."""
-    h = None
-    for w in torch.unique(widths).tolist():  # Python work per distinct width, never per row
-        rows = (widths == w).nonzero().squeeze(1)
-        part = run(rows, w)
-        h = part.new_zeros(len(widths), L, part.shape[-1]) if h is None else h
-        h[rows, :w] = part
-    return h
 
 
 def _logits(model, h, modality, blank):
@@ -554,103 +533,3 @@ class Sampler:
             self.store.block_done(torch.cat([i_row[done] + j * B for j in range(passes)]))
         self.k += 1
         return rows
-
-
-@torch.no_grad()
-def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | torch.Tensor = 0,
-                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  amp_dtype: torch.dtype | None = None, progress: Callable[[int], None] | None = None) -> SampleOutput:
-    """Autoregressive generation with a key/value cache (a model of the autoregressive kind).
-
-    Left to right, each target position is drawn given everything before it; given tokens (a prompt, or text
-    after a hole, which a causal model cannot use for what comes before it) are fed as they stand. One forward
-    pass reads the prompt shared by the batch, then each pass feeds every row the position just drawn (and the
-    given positions up to the next one any row draws: `Denoiser.decode_step`). The draws use the same uniforms
-    as `sample` with one-token blocks, so the tokens are those of the uncached loop up to float rounding, at a
-    fraction of its cost: a pass reads the new positions only, not the whole row. Rows are left-padded so that
-    their first targets line up: continuations of prompts of any lengths are drawn in lockstep. A row's NFE is
-    the passes it took part in until its last target: one per generated token alone or beside rows like it,
-    more beside rows whose later targets fall elsewhere (it rides along while others draw). At reduced precision
-    on the CPU (`cut_to_width`) rows of different widths or targets run as separate batches instead, each exactly
-    as it runs alone. ``progress``: as in `sample`.
-    """
-    if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
-        raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
-                           f"top_p={top_p}, top_k={top_k}")
-    device = next(model.parameters()).device
-    batch = batch.to(device)
-    B, L = batch.ids.shape
-    targets = batch.targets & ~batch.pad_mask
-    n_targets = targets.sum(1)
-    if isinstance(seeds, int):
-        seeds = seeds + torch.arange(B)
-    seeds = torch.as_tensor(seeds, dtype=torch.long, device=device).reshape(B)
-    x = torch.where(targets, MASK, batch.ids)
-    nfe = torch.zeros(B, dtype=torch.long, device=device)
-    if not targets.any():
-        return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=0.0)
-    if cut_to_width(device, amp_dtype) and B > 1:
-        kinds, kind = torch.unique(torch.cat([row_widths(batch.pad_mask)[:, None], targets.long()], 1), dim=0,
-                                   return_inverse=True)
-        # One batch per layout (width and targets): a pass feeds every given position up to the next drawn column,
-        # so other rows' targets would cut a row's passes differently from alone.
-        if len(kinds) > 1:
-            start, drawn = time.perf_counter(), 0
-            for k, w in enumerate(kinds[:, 0].tolist()):
-                rows = (kind == k).nonzero().squeeze(1)
-                part = batch.select(rows)
-                part = Batch(*(None if t is None else t[:, :w] for t in (getattr(part, f) for f in Batch.FIELDS)))
-                bar = None if progress is None else (lambda n, done=drawn: progress(done + n))
-                out = sample_causal(model, part, seeds[rows], temperature, top_k, top_p, amp_dtype, bar)
-                x[rows, :w], nfe[rows] = out.ids.to(device), out.nfe.to(device)
-                drawn += int(out.generated.sum())
-            return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=time.perf_counter() - start)
-    # Left-pad each row so that every row's first target falls at the same column: rows then draw in lockstep
-    # (alone, a generated continuation takes one pass per token whatever its prompt's length).
-    first_target = torch.where(targets.any(1), targets.long().argmax(1), 0)
-    shift = first_target.max() - first_target
-    width = L + int(shift.max())
-    cols = torch.arange(L, device=device) + shift[:, None]  # (B, L) column of each position
-    rank = targets.long().cumsum(1) - 1  # a target's index in its row: the step `sample` would draw it at
-    rows_ = torch.arange(B, device=device)[:, None]
-
-    def spread(t: torch.Tensor, fill) -> torch.Tensor:
-        out = t.new_full((B, width), fill)
-        out[rows_, cols] = t
-        return out
-
-    xs, mod, pos = spread(x, MASK), spread(batch.modality, 0), spread(batch.positions, 0)
-    tgt, rk, src = spread(targets, False), spread(rank, 0), spread(torch.arange(L, device=device).expand(B, L), 0)
-    valid = spread(torch.ones_like(targets), False)
-    key_valid = None if bool(valid.all()) else valid
-    nothing_before = first_target == 0  # these rows' first token is drawn from the empty state (zeros)
-    where = tgt.any(0).nonzero().squeeze(1).tolist()  # columns where some row draws a token
-    cache: list[dict] = []
-    start = time.perf_counter()
-    passes = drawn = 0
-    with autocast(device, amp_dtype):
-        first = where[0]  # everything before it is given (or padding) in every row: one pass reads it
-        if first > 0:
-            h = model.decode_step(xs[:, :first], mod[:, :first], pos[:, :first], cache,
-                                  None if key_valid is None else key_valid[:, :first])[:, -1]
-            h = h.masked_fill(nothing_before[:, None], 0.0)
-            passes = 1
-        else:  # nothing before the first position: the state the uncached model gives it, zeros
-            h = torch.zeros(B, model.cfg.d_model, device=device)
-        for p, q in zip(where, where[1:] + [None]):
-            rows = tgt[:, p].nonzero().squeeze(1)
-            logits = model.logits(h[rows], mod[rows, p]).float()
-            u = hashed_uniform(seeds[rows], rk[rows, p], STREAM_TOKEN, src[rows, p])
-            xs[rows, p] = propose(logits, u, temperature, top_k, top_p)[0]
-            nfe[rows] = passes
-            if progress is not None:
-                drawn += len(rows)
-                progress(drawn)
-            if q is not None:  # feed p .. q-1 (given tokens where no row draws) in one pass
-                h = model.decode_step(xs[:, p:q], mod[:, p:q], pos[:, p:q], cache,
-                                      None if key_valid is None else key_valid[:, :q])[:, -1]
-                passes += 1
-    x = xs.gather(1, cols)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return SampleOutput(ids=x, nfe=nfe.cpu(), generated=n_targets.cpu(), seconds=time.perf_counter() - start)

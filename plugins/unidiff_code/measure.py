@@ -310,6 +310,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from unidiff.cli import run
+    from unidiff.cli import run as run_command
 
-    raise SystemExit(run(main))
+    raise SystemExit(run_command(main))
