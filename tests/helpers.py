@@ -138,3 +138,12 @@ def read_log(out: Path) -> list[dict]:
 
 def saved_step(out: Path) -> int:
     return torch.load(out / "last" / STATE, weights_only=True)["step"]
+
+
+def allowed(layout: VocabLayout, modality: torch.Tensor) -> torch.Tensor:
+    """(...,) modality indices -> (..., V) bool: the global ids a position of each modality may predict (its own
+    block's content ids), built from the layout's blocks independently of the model's masking."""
+    table = torch.zeros(len(layout.blocks), layout.size, dtype=torch.bool)
+    for b in layout.blocks.values():
+        table[b.index, b.start:b.stop] = True
+    return table[modality]

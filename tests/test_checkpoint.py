@@ -215,7 +215,8 @@ def test_load_model_round_trip(trained, registry):
     assert list(modalities) == ["text"] and modalities["text"].vocab_size == 256
     assert config["format"] == "unidiff-denoiser" and config["format_version"] == 1
     assert config["model"] == {"d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_ratio": 4.0, "max_len": 32,
-                               "dropout": 0.0, "rope_base": 10000.0, "kind": "diffusion"}
+                               "dropout": 0.0, "rope_base": 10000.0, "kind": "diffusion",
+                               "architecture": "transformer"}  # written since register_architectures
     assert config["layout"] == {"sizes": {"text": 256}, "size": 260}
     assert config["modalities"]["text"]["plugin"] == "text"
     assert config["training"] == tiny_cfg(out).to_dict()

@@ -128,7 +128,9 @@ def test_plugins_lists_the_text_plugin(capsys):
     code, out, _ = run_main(capsys, "plugins")
     assert code == 0
     assert re.search(r"^text  \(unidiff [0-9.]+\)  modalities: text; "
-                     r"datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text, text-ar$",
+                     r"datasets: shakespeare, shakespeare-keywords, shakespeare-titled; models: text, text-ar; "
+                     r"commands: text corpus, text editing, text frontier, text guidance, text infilling, "
+                     r"text metrics$",
                      out, re.M)
 
 

@@ -23,6 +23,7 @@ from unidiff.plugins import Registry
 from unidiff.vocab import MASK, PAD, VocabLayout
 
 from helpers import Letters
+from helpers import allowed as allowed_ids
 
 DOCS = [torch.arange(10, 20), torch.arange(30, 36), torch.arange(40, 43)]
 CONDS = [torch.tensor([100, 101]), torch.zeros(0, dtype=torch.long), torch.tensor([102])]
@@ -179,9 +180,9 @@ def test_blank_is_the_last_id_and_leaves_the_others_in_place():
     assert blank.to_dict() == {"sizes": {"dna": 4, "text": 256}, "size": 267, "blank": True}
     assert VocabLayout.from_dict(blank.to_dict()) == blank and blank != plain
     assert VocabLayout.from_dict(plain.to_dict()) == plain
-    allowed = blank.allowed(torch.tensor([0, 1]))
+    allowed = allowed_ids(blank, torch.tensor([0, 1]))
     assert allowed.shape == (2, 267) and not allowed[:, 266].any()
-    assert torch.equal(allowed[:, :266], plain.allowed(torch.tensor([0, 1])))
+    assert torch.equal(allowed[:, :266], allowed_ids(plain, torch.tensor([0, 1])))
     with pytest.raises(CheckpointError, match="size 266"):
         VocabLayout.from_dict({"sizes": {"dna": 4, "text": 256}, "size": 266, "blank": True})
 

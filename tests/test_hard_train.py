@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import SafetensorError
 
-import unidiff.bench as bench_mod
+import unidiff_bench.table as bench_mod
 import unidiff.checkpoint as ckpt
 import unidiff.fs as fs
 import unidiff.train as train_mod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unidiff.bench import Bench, Setting
+from unidiff_bench.bench import Bench, Setting
 from unidiff.errors import UnidiffError
 from unidiff.generate import Pipeline
 

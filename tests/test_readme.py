@@ -86,7 +86,7 @@ RUNS: list[tuple[Run, ...]] = [
          "$'<macbeth>\\n'", stdout=r"^<macbeth>\n\S", stderr=report(1, 11, "11")),),  # 8 scoring passes, 3 steps
     (Run("unidiff generate --model dna --num 16 --length 256 --out samples.fa", "--length 32",
          stderr=report(16, 512), writes="samples.fa"),
-     Run("python -m unidiff_dna.metrics samples.fa --reference examples/real.fa --train examples/train.fa",
+     Run("unidiff dna metrics samples.fa --reference examples/real.fa --train examples/train.fa",
          stdout=r"^16 sequences, 512 bases; GC (.|\n)*k-mer JS divergence \(bits\) vs reference: k=1: "
                 r"(.|\n)*verbatim copies: \d+\n$")),
     (Run("unidiff generate --model dna --condition plant --guidance 2 --num 4", "--length 32",
@@ -102,7 +102,7 @@ RUNS: list[tuple[Run, ...]] = [
          rf"{SAMPLES.format(3, 3)}def fibonacci\(n\):", report(4, 64)),),
     (Run("unidiff infill --model code examples/holes.py --out filled.py", stderr=report(1, 12),  # <mask:4>, <blank:8>
          writes="filled.py"),
-     Run("python -m unidiff_code.metrics filled.py --doctest",  # a fill that breaks the file is measured: exit 0
+     Run("unidiff code metrics filled.py --doctest",  # a fill that breaks the file is measured: exit 0
          stdout=r"^file +units +parse +rate +doctest +pass +fail +error +timeout +none\nfilled.py +\d+ ")),
     (Run('unidiff generate --model image --prompt "a cat" --num 16 --guidance 3 --out grid.png', "--steps 4",
          stderr=report(16, 16 * 49, "8"), writes="grid.png"),),  # 7x7 codes; two passes a step with guidance
@@ -111,7 +111,8 @@ RUNS: list[tuple[Run, ...]] = [
          stderr=report(1, 28), writes="horse.png"),),  # the 4x4-pixel cells the box touches: 4 columns x 7 rows
     (Run("unidiff eval --model text", "--windows 2",
          r"held-out .* \(2 windows of 256 tokens, .*\n  text: \d+\.\d+ bits/token", r"evaluated in [\d.]+ s"),),
-    (Run("unidiff plugins", stdout=r"(?m)^code .*\n^dna .*\n^image .*\n^text .*models: text, text-ar\n"),),
+    (Run("unidiff plugins", stdout=r"(?m)^bench .*commands: bench\n^code .*\n^dna .*\n^image .*\n"
+                                 r"^text .*models: text, text-ar; commands: text corpus, .*\n"),),
     (Run("unidiff train configs/text-base.toml --set train.steps=200 --set train.out_dir=runs/try",
          "--set train.steps=2 --set train.batch_size=2 --set train.eval_windows=2", r"^step 2: held-out text: ",
          r"trained 2 steps to step 2 in .*; model: runs/try/model ", "runs/try/model/model.safetensors"),),

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from unidiff.errors import UnknownNameError
-from unidiff.schedules import SCHEDULES, Cosine, LogLinear, Polynomial, get_schedule
+from unidiff.errors import UnidiffError, UnknownNameError
+from unidiff.schedules import SCHEDULES, Cosine, LogLinear, Polynomial, TimeGrid, get_schedule, parse_spec
 
 SCHEDS = {
     "linear": LogLinear(),
@@ -121,7 +121,7 @@ def test_get_schedule():
     p = get_schedule("polynomial", power=3)
     assert isinstance(p, Polynomial) and p.power == 3.0
     assert get_schedule("polynomial").power == 2.0
-    assert sorted(SCHEDULES) == ["cosine", "linear", "polynomial"]
+    assert sorted(SCHEDULES) == ["cosine", "grid", "linear", "polynomial"]
     for name, cls in SCHEDULES.items():
         assert cls.name == name
 
@@ -129,5 +129,60 @@ def test_get_schedule():
 def test_get_schedule_unknown_lists_names():
     with pytest.raises(UnknownNameError) as info:
         get_schedule("geometric")
-    assert str(info.value) == "unknown schedule 'geometric'; known schedules: cosine, linear, polynomial"
-    assert info.value.known == ["cosine", "linear", "polynomial"]
+    assert str(info.value).startswith("unknown schedule 'geometric'; known schedules: cosine, grid, linear, "
+                                      "polynomial")
+    assert info.value.known == ["cosine", "grid", "linear", "polynomial"]
+
+
+@pytest.mark.parametrize("spec, name, params", [
+    ("cosine", "cosine", {}),
+    ("polynomial:power=3", "polynomial", {"power": 3.0}),
+    (" polynomial : power = 0.5 ", "polynomial", {"power": 0.5}),
+    ("grid:times=1/0.6/0.2/0,base=cosine", "grid", {"times": (1.0, 0.6, 0.2, 0.0), "base": "cosine"}),
+])
+def test_a_spec_names_a_schedule_and_its_parameters(spec, name, params):
+    assert parse_spec(spec) == (name, params)
+    schedule = get_schedule(spec)
+    assert schedule.name == name and get_schedule(schedule.spec) == schedule  # the spec string rebuilds it
+    assert schedule.params() == params
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("polynomial:power", "'power' is not KEY=VALUE; write e.g. polynomial:power=3"),
+    ("polynomial:degree=3", r"schedule 'polynomial' does not take \['degree'\]; it takes power"),
+    ("cosine:power=2", r"schedule 'cosine' does not take \['power'\]; it takes no parameters"),
+    ("polynomial:power=0", "power must be a positive number; got 0.0"),
+    ("polynomial:power=inf", "power must be a positive number; got inf"),
+    ("grid:times=1/0.5", "times must run from 1 down to 0"),
+    ("grid:times=1/0.5/0.7/0", r"times must decrease; times\[2\] = 0.7 follows 0.5"),
+    ("grid:times=1/nan/0", r"times\[1\] = nan is not a finite number"),
+    ("grid:times=1/0,base=grid", "the base of a time grid is a schedule"),
+    ("grid", "schedule 'grid' needs times: write e.g. grid:times=..."),
+])
+def test_a_bad_spec_is_one_named_error(spec, match):
+    with pytest.raises(UnidiffError, match=match):
+        get_schedule(spec)
+
+
+def test_equal_specs_are_equal_schedules():
+    assert Polynomial(3) == get_schedule("polynomial:power=3") != Polynomial(2)
+    assert LogLinear() != Polynomial(1) and len({Cosine(), Cosine(), LogLinear()}) == 2
+
+
+def test_an_explicit_grid_is_visited_exactly_by_its_steps():
+    from unidiff.sampling import step_budget
+
+    times = (1.0, 0.9, 0.5, 0.2, 0.0)
+    grid, cosine = TimeGrid(times, "cosine"), Cosine()
+    S = len(times) - 1
+    n = torch.tensor([1000])
+    for k in range(S):  # after step k, the masked count is the base schedule's at times[k + 1]
+        _, left, _ = step_budget(n, torch.tensor([S]), k, grid)
+        want = math.floor(1000 * cosine.mask_prob(torch.tensor(times[k + 1], dtype=torch.float64)).item() + 1e-6)
+        assert left.item() == want
+    t = torch.tensor([1 - 1 / 8, 0.3, 0.6], dtype=torch.float64)  # between knots: linear in the grid's time
+    w = torch.tensor([1 - 0.5 * 0.1, 0.5 - 0.8 * 0.3, 0.9 - 0.6 * 0.4], dtype=torch.float64)
+    assert torch.allclose(grid.mask_prob(t), cosine.mask_prob(w))
+    # Its ELBO weight is the base's at the warped time, times the warp's slope: a finite difference agrees.
+    h = 1e-6
+    assert torch.allclose(grid.dalpha(t), (grid.alpha(t + h) - grid.alpha(t - h)) / (2 * h), rtol=1e-5)

@@ -1,4 +1,4 @@
-"""The joint vocabulary layout: exact id ranges, local <-> global mapping, `allowed` masks and serialisation."""
+"""The joint vocabulary layout: exact id ranges, local <-> global mapping, content ranges and serialisation."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ def test_dict_order_does_not_matter(layout):
     other = VocabLayout({"dna": 4, "text": 256})
     assert other == layout
     assert other.blocks == layout.blocks
-    assert torch.equal(other.allowed_table, layout.allowed_table)
 
 
 def test_different_sizes_are_different_layouts(layout):
@@ -76,20 +75,12 @@ def test_to_local_out_of_range(layout, ids):
         layout.to_local("dna", torch.tensor(ids))
 
 
-def test_allowed_is_exactly_own_content(layout):
-    modality = torch.tensor([[0, 1, 1], [1, 0, 0]])
-    allowed = layout.allowed(modality)
-    assert allowed.shape == (2, 3, 266) and allowed.dtype == torch.bool
-    dna_ids = set(range(4, 8))
-    text_ids = set(range(10, 266))
-    for b in range(2):
-        for j in range(3):
-            got = set(torch.nonzero(allowed[b, j]).flatten().tolist())
-            assert got == (dna_ids if modality[b, j] == 0 else text_ids)
-    # Never PAD, MASK or any marker, at any position.
-    for forbidden in (PAD, MASK, 2, 3, 8, 9):
-        assert not allowed[..., forbidden].any()
-    assert allowed.sum(-1).tolist() == [[4, 256, 256], [256, 4, 4]]
+def test_content_ids_are_exactly_each_blocks_own_range(layout):
+    """What a position of each modality may predict: its block's content ids, never PAD, MASK or a marker."""
+    assert [(b.name, b.start, b.stop) for b in layout.blocks.values()] == [("dna", 4, 8), ("text", 10, 266)]
+    content = {i for b in layout.blocks.values() for i in range(b.start, b.stop)}
+    assert content.isdisjoint({PAD, MASK, 2, 3, 8, 9}) and len(content) == 4 + 256
+    assert [layout.block(n).stop - layout.block(n).start for n in ("dna", "text")] == [4, 256]
 
 
 def test_dict_round_trip(layout):

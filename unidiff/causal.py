@@ -3,15 +3,14 @@ with the uniforms `unidiff.sampling.sample` would use, so the same tokens at a f
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Sequence
 
 import torch
 
+from unidiff import checks
 from unidiff.data import Batch
 from unidiff.device import autocast
-from unidiff.errors import UnidiffError
 from unidiff.model import Denoiser
 from unidiff.rng import STREAM_TOKEN, hashed_uniform
 from unidiff.sampling import SampleOutput, propose
@@ -37,9 +36,7 @@ def sample_causal(model: Denoiser, batch: Batch, seeds: int | Sequence[int] | to
     on the CPU (`cut_to_width`) rows of different widths or targets run as separate batches instead, each exactly
     as it runs alone. ``progress``: as in `sample`.
     """
-    if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
-        raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got temperature={temperature}, "
-                           f"top_p={top_p}, top_k={top_k}")
+    temperature, top_k, top_p = checks.proposal(temperature, top_k, top_p)
     device = next(model.parameters()).device
     batch = batch.to(device)
     B, L = batch.ids.shape

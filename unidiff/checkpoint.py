@@ -16,7 +16,6 @@ file holds; a tensor holding NaN or infinity is refused.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -29,10 +28,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unidiff import architectures
 from unidiff.config import SampleConfig
 from unidiff.errors import CheckpointError, PluginError, UnidiffError, UnknownNameError
 from unidiff.fs import fsync_path
-from unidiff.modality import Modality, grids_of, make_head
+from unidiff.modality import Modality, make_head
 from unidiff.model import Denoiser, ModelConfig
 from unidiff.plugins import DISABLE_ENV, Registry
 from unidiff.vocab import VocabLayout
@@ -207,18 +207,18 @@ def build_modalities(config: dict, registry: Registry) -> dict[str, Modality]:
     return out
 
 
-def model_config(config: dict, path: Path) -> ModelConfig:
-    """The checkpoint's ``model`` entry, checked key by key (`ModelConfig.validate`)."""
+def model_config(config: dict, path: Path, registry: Registry | None = None) -> Any:
+    """The checkpoint's ``model`` entry as its architecture's config, checked key by key
+    (`unidiff.architectures.model_config`)."""
     bad = f"{path} is missing or has a malformed entry"
     entry = config.get("model")
     if not isinstance(entry, dict):
         raise CheckpointError(f"{bad} 'model' (a JSON object of the model's sizes; got {entry!r}); {RESTORE}")
-    known = [f.name for f in dataclasses.fields(ModelConfig)]
-    for key in entry:
-        if key not in known:
-            raise CheckpointError(f"{bad}: unknown key model.{key} (keys are {', '.join(known)}); {RESTORE}")
     try:
-        return ModelConfig(**entry).validate()
+        return architectures.model_config(entry, registry)
+    except UnknownNameError as e:
+        raise CheckpointError(f"{path}: the model is of architecture {entry.get('architecture')!r}, which no "
+                              f"installed plugin provides: {e}") from None
     except UnidiffError as e:
         raise CheckpointError(f"{bad}: {e}; {RESTORE}") from None
 
@@ -237,7 +237,8 @@ def check_sizes(folder: Path, header: dict, cfg: ModelConfig, layout: VocabLayou
                               f"block(s); {RESTORE}")
 
 
-def build_model(cfg: ModelConfig, layout: VocabLayout, modalities: dict[str, Modality]) -> Denoiser:
+def build_model(cfg: Any, layout: VocabLayout, modalities: dict[str, Modality], registry: Registry | None = None
+                ) -> torch.nn.Module:
     """The network a checkpoint describes, built on the meta device (no memory): `load_weights` gives it the
     file's tensors."""
     for name, m in modalities.items():
@@ -245,8 +246,7 @@ def build_model(cfg: ModelConfig, layout: VocabLayout, modalities: dict[str, Mod
             raise CheckpointError(f"modality {name!r} now has {m.vocab_size} tokens but the checkpoint was trained "
                                   f"with {layout.block(name).size}: install the plugin version it names")
     with torch.device("meta"):
-        return Denoiser(cfg, layout, {n: make_head(m, cfg.d_model) for n, m in modalities.items()},
-                        grids_of(modalities.values()))
+        return architectures.build_denoiser(cfg, layout, modalities, registry)
 
 
 def check_fits(path: Path, header: dict, model: torch.nn.Module) -> None:
@@ -296,8 +296,11 @@ def load_weights(folder: Path, model: Denoiser, header: dict | None = None) -> N
 
 
 def materialize_heads(model: Denoiser, modalities: dict[str, Modality]) -> None:
-    """Build for real any plugin head that kept a meta tensor after loading: a non-persistent buffer, which no
-    weights file holds (its parameters' sizes were checked against the file already)."""
+    """Build for real any plugin head of the built-in transformer that kept a meta tensor after loading: a
+    non-persistent buffer, which no weights file holds (its parameters' sizes were checked against the file
+    already). Another architecture that keeps buffers out of its weights file builds them itself."""
+    if not architectures.is_transformer(model):
+        return
     for name, head in model.heads.items():
         if any(t.is_meta for t in head.buffers()):
             real = make_head(modalities[name], model.cfg.d_model)
@@ -381,7 +384,7 @@ def load_model(name_or_path: str | Path, registry: Registry | None = None,
     folder = resolve(name_or_path, registry)
     config = read_config(folder)
     path = weights_path(folder)
-    cfg = model_config(config, folder / CONFIG)
+    cfg = model_config(config, folder / CONFIG, registry)
     layout = VocabLayout.from_dict(config.get("layout"), str(folder / CONFIG))
     if "sampling" in config:
         try:
@@ -389,13 +392,14 @@ def load_model(name_or_path: str | Path, registry: Registry | None = None,
         except UnidiffError as e:
             raise CheckpointError(f"{folder / CONFIG}: its \"sampling\" entry is invalid: {e}; {RESTORE}") from None
     header = read_header(path)
-    check_sizes(folder, header, cfg, layout)
+    if isinstance(cfg, ModelConfig):  # the transformer's sizes against its tensors' names (another: check_fits)
+        check_sizes(folder, header, cfg, layout)
     if not isinstance(config.get("modalities"), dict):
         raise CheckpointError(f"{folder / CONFIG}: \"modalities\" must be a JSON object of name -> record; "
                               f"{RESTORE}")
     try:
         modalities = build_modalities(config, registry)
-        model = build_model(cfg, layout, modalities)
+        model = build_model(cfg, layout, modalities, registry)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{folder / CONFIG} is missing or has a malformed entry ({e}); {RESTORE}") from None
     load_weights(folder, model, header)

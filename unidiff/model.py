@@ -35,6 +35,7 @@ class ModelConfig:
     # "diffusion": bidirectional denoiser; "autoregressive": the same network with a causal mask whose output at
     # position j is computed from positions < j (the baseline diffusion is compared with, see `Denoiser.features`).
     kind: str = "diffusion"
+    architecture: str = "transformer"  # see unidiff.architectures
 
     def validate(self) -> "ModelConfig":
         """Check every field's type and range (a config.json may hold anything); raises `UnidiffError` naming
@@ -54,10 +55,17 @@ class ModelConfig:
         need("dropout", number(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)")
         need("rope_base", number(self.rope_base) and self.rope_base > 1, "a finite number above 1")
         need("kind", isinstance(self.kind, str) and self.kind in KINDS, f"one of {', '.join(map(repr, KINDS))}")
-        need("n_heads", not self.d_model % self.n_heads and not (self.d_model // self.n_heads) % 2,
-             f"a divisor of d_model = {self.d_model} that leaves an even head size (rotary embeddings rotate pairs "
-             f"of dimensions)")
+        if (problem := head_size_problem(self.d_model, self.n_heads)) is not None:
+            raise UnidiffError(f"model.n_heads = {self.n_heads!r} is invalid: {problem}")
         return self
+
+
+def head_size_problem(d_model: int, n_heads: int) -> str | None:
+    """Why ``d_model`` split over ``n_heads`` is no usable head size, or None if it is."""
+    if d_model % n_heads or (d_model // n_heads) % 2:
+        return (f"d_model {d_model} / n_heads {n_heads} must be a whole, even head size (rotary embeddings rotate "
+                f"pairs of dimensions)")
+    return None
 
 
 KINDS = ("diffusion", "autoregressive")
@@ -106,9 +114,8 @@ class GridEmbedding(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
-            raise ValueError(f"d_model {cfg.d_model} / n_heads {cfg.n_heads} must be a whole, even head size "
-                             f"(rotary embeddings rotate pairs of dimensions)")
+        if (problem := head_size_problem(cfg.d_model, cfg.n_heads)) is not None:
+            raise ValueError(problem)
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)

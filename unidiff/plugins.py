@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import importlib.metadata as md
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,12 @@ from unidiff.modality import short_repr, vocab_size_problem
 GROUP = "unidiff"
 DISABLE_ENV = "UNIDIFF_DISABLE_PLUGINS"
 # Core modules that implement hooks themselves, registered like plugins but not through entry points.
-CORE_PLUGINS = ("unidiff.policies",)
+CORE_PLUGINS = ("unidiff.policies", "unidiff.schedules", "unidiff.architectures")
 BUILTIN_PACKAGE = "unidiff"  # the distribution of the core and the built-in plugins, which register first
+# The core's own commands: a plugin's command may not take these names (nor be a group of that name).
+CORE_COMMANDS = frozenset({"train", "generate", "infill", "edit", "caption", "inpaint", "eval", "plugins"})
+COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*\Z")
+COMMAND_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
 @dataclass
@@ -119,8 +124,9 @@ class Registry:
         pm: a plugin manager; a fresh one from `get_plugin_manager()` when omitted.
     """
 
-    KINDS = ("modalities", "datasets", "models", "policies")
-    SINGULAR = {"modalities": "modality", "datasets": "dataset", "models": "model", "policies": "policy"}
+    KINDS = ("modalities", "datasets", "models", "policies", "schedules", "architectures", "commands")
+    SINGULAR = {"modalities": "modality", "datasets": "dataset", "models": "model", "policies": "policy",
+                "schedules": "schedule", "architectures": "architecture", "commands": "command"}
 
     def __init__(self, pm: pluggy.PluginManager | None = None):
         self.pm = pm or get_plugin_manager()
@@ -174,21 +180,50 @@ class Registry:
             if not isinstance(obj, (str, os.PathLike)) or not str(obj):
                 return f"a model is registered as the path of its folder; got {type(obj).__name__} {short_repr(obj)}"
             return None
+        if kind == "commands":
+            return self._command_problem(name, obj, meta)
         if not callable(obj):
             what = {"modalities": "a factory that returns a Modality (e.g. its class)",
                     "datasets": "a builder, builder(split) -> contents",
-                    "policies": "a factory that returns a Policy (e.g. its class)"}[kind]
+                    "policies": "a factory that returns a Policy (e.g. its class)",
+                    "schedules": "a factory that returns a Schedule (e.g. its class)",
+                    "architectures": "a builder, build(cfg, layout, heads, grids) -> the denoiser"}[kind]
             return f"expected {what}; got {type(obj).__name__} {short_repr(obj)}"
         if kind == "datasets" and (not isinstance(meta.get("modality"), str) or not meta["modality"]):
             return f"a dataset is registered with the modality of its contents, register(name, builder, " \
                    f"modality='text'); got modality={short_repr(meta.get('modality'))}"
+        if kind == "architectures":
+            from unidiff.architectures import config_problem
+
+            return config_problem(meta.get("config"))
         if kind == "modalities":
             size = getattr(obj, "vocab_size", None)  # declared on the class; an instance's is checked when built
             if size is not None and not hasattr(size, "__get__") and (problem := vocab_size_problem(size)):
                 return problem
         return None
 
+    @staticmethod
+    def _command_problem(name: str, target: Any, meta: dict) -> str | None:
+        words = name.split()
+        if not 1 <= len(words) <= 2 or " ".join(words) != name or not all(COMMAND_WORD.match(w) for w in words):
+            return (f"a command is named by one or two lowercase words (e.g. 'text frontier'); got {short_repr(name)}")
+        if words[0] in CORE_COMMANDS:
+            return f"{words[0]!r} is one of unidiff's own commands: name the command e.g. '<plugin> {words[-1]}'"
+        if not callable(target) and not (isinstance(target, str) and COMMAND_TARGET.match(target)):
+            return (f"a command is registered as 'module:function' (imported when it runs) or a callable; got "
+                    f"{type(target).__name__} {short_repr(target)}")
+        if not isinstance(meta.get("help", ""), str) or set(meta) - {"help"}:
+            return f"a command takes only help='one line'; got {short_repr(meta)}"
+        return None
+
     def _add(self, kind: str, plugin: str, name: str, obj: Any, meta: dict) -> None:
+        if kind == "commands":  # "text" and "text frontier" cannot both be commands: one would hide the other
+            clash = next((n for n in self.entries[kind] if n != name and n.split()[0] == name.split()[0]
+                          and 1 in (len(n.split()), len(name.split()))), None)
+            if clash is not None:
+                self._broken(plugin, f"command {name!r} ignored", f"it clashes with the command {clash!r} of "
+                             f"{self.describe(self.owner[(kind, clash)])}: rename it in {plugin!r}", fix="")
+                return
         first = self.owner.get((kind, name))
         if first is not None:  # the later plugin loses: built-ins register first, so a newcomer never wins
             fix = f"rename it in {plugin!r}" if self.builtin(plugin) else \
@@ -242,6 +277,32 @@ class Registry:
             return factory(**options)
         except TypeError as e:
             raise UnidiffError(f"policy {name!r} does not take the options {sorted(options)}: {e}") from None
+
+    def architecture(self, name: str) -> tuple[Callable[..., Any], dict]:
+        """The builder of an architecture and its metadata (``config=`` its [model] dataclass)."""
+        return self._get("architectures", name)
+
+    def schedule_factory(self, name: str) -> Callable[..., Any]:
+        """The registered factory of a schedule, ``factory(**params)`` (`unidiff.schedules.get_schedule` builds
+        it from a spec string)."""
+        return self._get("schedules", name)[0]
+
+    def command(self, name: str) -> Callable[..., Any]:
+        """The function of a registered command, ``function(argv, prog)``, imported now."""
+        target, _ = self._get("commands", name)
+        if callable(target):
+            return target
+        module, _, function = target.partition(":")
+        try:
+            return getattr(importlib.import_module(module), function)
+        except (Exception, SystemExit) as e:
+            plugin = self.owner[("commands", name)]
+            raise PluginError(f"{self.describe(plugin)}: command {name!r} runs {target}, which does not import: "
+                              f"{type(e).__name__}: {e}; fix or reinstall the plugin, or disable it with "
+                              f"{DISABLE_ENV}={plugin}") from None
+
+    def command_help(self, name: str) -> str:
+        return self._get("commands", name)[1].get("help", "")
 
     def plugin_of(self, kind: str, name: str) -> PluginInfo | None:
         plugin = self.owner.get((kind, name))

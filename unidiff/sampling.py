@@ -33,13 +33,13 @@ never per row.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from unidiff import checks
 from unidiff.data import Batch
 from unidiff.device import autocast
 from unidiff.errors import UnidiffError
@@ -239,15 +239,10 @@ class Sampler:
                  top_k: int = 0, top_p: float = 1.0, schedule: Schedule | str = "linear",
                  amp_dtype: torch.dtype | None = None, block_length: int | None = None, remask: float = 0.0,
                  guidance: float = 1.0, groups: Sequence[GroupSpec] = (), cache: bool | str = False):
-        if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1 or top_k < 0:
-            raise UnidiffError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got "
-                               f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
-        if not 0.0 <= remask <= 1.0:
-            raise UnidiffError(f"remask must lie in [0, 1] (0: off); got {remask}")
-        if not math.isfinite(guidance) or guidance < 0:
-            raise UnidiffError(f"guidance must be a finite number >= 0 (1: off, 0: unconditional); got {guidance}")
-        if block_length is not None and block_length < 1:
-            raise UnidiffError(f"block_length must be at least 1; got {block_length}")
+        temperature, top_k, top_p = checks.proposal(temperature, top_k, top_p)
+        remask = checks.real("remask", remask, 0, 1)  # 0: off
+        guidance = checks.real("guidance", guidance, 0, checks.MAX_GUIDANCE)  # 1: off, 0: unconditional
+        block_length = checks.optional(checks.whole, "block_length", block_length, 1, checks.MAX_COUNT)
         self.model, self.temperature, self.top_k, self.top_p = model, temperature, top_k, top_p
         self.amp_dtype, self.remask, self.guidance = amp_dtype, remask, guidance
         self.device = device = next(model.parameters()).device
@@ -276,8 +271,10 @@ class Sampler:
         self.spec_steps = torch.tensor(spec_steps, device=device)
         self.size = block_length or max(width, 1)
         self.passes = 2 if guidance != 1.0 else 1
-        if cache and not isinstance(model, Denoiser):
-            raise UnidiffError("the key/value cache needs the plain denoiser: drop symmetric sampling or the cache")
+        if cache and not isinstance(model, Denoiser):  # Mirrored (symmetric sampling) or another architecture
+            raise UnidiffError(f"the key/value cache needs the plain denoiser of the built-in transformer, whose "
+                               f"layers it reaches into; this is {type(model).__name__}: drop symmetric sampling "
+                               f"or the cache")
         if cache and model.cfg.kind != "diffusion":
             raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
                                "decodes with its exact cache (sample_causal)")

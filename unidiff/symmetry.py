@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from unidiff.errors import UnidiffError
+from unidiff.modality import optional
 from unidiff.vocab import PAD, VocabLayout
 
 
@@ -83,4 +84,4 @@ class Mirrored(nn.Module):
 
 def mirror_perms(modalities: dict) -> dict[str, list[int]]:
     """The mirror permutations of the modalities that declare one (``modality.mirror()``)."""
-    return {name: list(m.mirror()) for name, m in modalities.items() if callable(getattr(m, "mirror", None))}
+    return {name: list(m.mirror()) for name, m in modalities.items() if callable(optional(m, "mirror"))}

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from unidiff.architectures import build_denoiser
 from unidiff.checkpoint import atomic_dir, init_weights, load_weights, read_config, recover, write_model
 from unidiff.config import Config
 from unidiff.data import condition_modality, encode_conditions, encode_docs, make_holes, make_windows
@@ -38,7 +39,7 @@ from unidiff.device import precision_name, resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.evaluate import EvalResult, batch_loss, evaluate
 from unidiff.fs import OutputError, atomic_write, ensure_writable, folder_lock, os_error, write_bytes, writes_here
-from unidiff.modality import Modality, grids_of, make_head
+from unidiff.modality import Modality
 from unidiff.model import Denoiser
 from unidiff.plugins import Registry
 from unidiff.schedules import get_schedule
@@ -126,8 +127,7 @@ def _train(cfg: Config, registry: Registry, modality: Modality | None, train_doc
         if eval_docs else None
 
     torch.manual_seed(tc.seed)
-    model = Denoiser(cfg.model, layout, {m.name: make_head(m, cfg.model.d_model) for m in modalities.values()},
-                     grids_of(modalities.values()))
+    model = build_denoiser(cfg.model, layout, {m.name: m for m in modalities.values()}, registry)
     if tc.init:
         init_weights(tc.init, model, registry)
     model = model.to(device)
@@ -275,13 +275,22 @@ def _way_out(out: Path) -> str:
             f"--fresh --set train.init={model}")
 
 
+def _normalised(section: str, values):
+    """A saved config section with the defaults of keys added since it was written (e.g. model.architecture), so
+    that a run resumes after an upgrade; as saved if it does not read as a config."""
+    try:
+        return Config.from_dict({section: values}).to_dict()[section]
+    except (UnidiffError, TypeError, AttributeError):
+        return values
+
+
 def _resume(out: Path, cfg: Config, model, ema, opt, generator) -> tuple[int, EvalResult | None]:
     folder, path = out / "last", out / "last" / STATE
     try:
         saved = read_config(folder).get("training")
         saved = saved if isinstance(saved, dict) else {}
         for section in ("model", "data"):
-            if saved.get(section) != cfg.to_dict()[section]:
+            if _normalised(section, saved.get(section)) != cfg.to_dict()[section]:
                 raise UnidiffError(f"{folder} holds a run with a different [{section}] config; resume with the same "
                                    f"config, start over with --fresh, or set train.out_dir to another folder")
         load_weights(folder, model)

@@ -14,12 +14,11 @@ last so that adding it leaves every other id where it was.
 
 Modalities are laid out in name order, so the same set of modalities always gives the same layout; the layout is
 stored in every checkpoint and checked on load. A position of modality m may only predict m's content ids: never
-PAD, MASK, a BOS/EOS marker or another modality's ids (`allowed`).
+PAD, MASK, a BOS/EOS marker or another modality's ids (the model masks the rest to -inf).
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -71,15 +70,6 @@ class VocabLayout:
         self.size = nxt + int(self.has_blank)
         self.markers = bool(markers) or len(self.blocks) > 1
 
-    @functools.cached_property
-    def allowed_table(self) -> torch.Tensor:
-        """(M, V) bool: which global ids a position of each modality may predict. Built on first use, so that
-        reading a layout (a checkpoint's, before its sizes are checked against its weights) allocates nothing."""
-        table = torch.zeros(len(self.blocks), self.size, dtype=torch.bool, device="cpu")
-        for b in self.blocks.values():
-            table[b.index, b.start:b.stop] = True
-        return table
-
     @property
     def names(self) -> list[str]:
         return list(self.blocks)
@@ -108,10 +98,6 @@ class VocabLayout:
         if ids.numel() and (ids.min() < b.start or ids.max() >= b.stop):
             raise ValueError(f"ids outside the range of modality {name!r}: [{b.start}, {b.stop})")
         return ids - b.start
-
-    def allowed(self, modality: torch.Tensor) -> torch.Tensor:
-        """(...,) modality indices -> (..., V) bool mask of the ids each position may predict."""
-        return self.allowed_table.to(modality.device)[modality]
 
     def to_dict(self) -> dict:
         d = {"sizes": {n: b.size for n, b in self.blocks.items()}, "size": self.size}

@@ -153,3 +153,12 @@ def register_models(register):
         register("code", MODEL_DIR)
     if AR_MODEL_DIR.is_dir():  # the autoregressive twin of "code": same network, data and budget (unidiff bench)
         register("code-ar", AR_MODEL_DIR)
+
+
+@hookimpl
+def register_commands(register):
+    """Each tool of this plugin as ``unidiff code TOOL`` (also ``python -m unidiff_code.TOOL``)."""
+    register("code measure", "unidiff_code.measure:main", help="the code model's figures (docs/results/code.md)")
+    register("code metrics", "unidiff_code.metrics:main",
+             help="quality metrics of Python files: syntax, first unit, doctests")
+    register("code tokenizer", "unidiff_code.tokenizer:main", help="train the code BPE tokenizer")

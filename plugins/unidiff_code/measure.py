@@ -270,8 +270,8 @@ def infilling(args, pipe, ar, pool) -> str:
 SECTIONS = ("likelihood", "generation", "infilling")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = Parser(prog="python -m unidiff_code.measure", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_code.measure") -> None:
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="code")
     p.add_argument("--ar", help="the autoregressive baseline's model folder (configs/code-ar.toml)")
     p.add_argument("--num", type=int, default=200, help="functions per table (default 200)")
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:  # after every section, so a late failure keeps what was measured
         if args.out:
-            command = f"python -m unidiff_code.measure{' --ar ' + args.ar if args.ar else ''}"
+            command = f"{prog}{' --ar ' + args.ar if args.ar else ''}"
             with open(args.out, "w") as fh:
                 fh.write("# Code model measurements\n\n" + stamp(f"Model `{args.model}`.", command, t0) + "\n\n"
                          + "\n\n".join(parts) + "\n")

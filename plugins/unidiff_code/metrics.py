@@ -313,13 +313,13 @@ def read_module(name: str) -> tuple[str, list[str], str | None]:
         return source, [], f"line {e.lineno}: {e.msg}" if getattr(e, "lineno", None) else str(e) or type(e).__name__
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_code.metrics") -> None:
     """Split Python files into top-level units (decorators included) and report how many parse on their own and,
     with --doctest, the doctest outcomes of the defs and classes that have examples. A file that does not parse
     as a whole (e.g. a generated fill) counts as 0 units, with a note on stderr saying where it fails."""
     from unidiff.cli import Parser
 
-    p = Parser(prog="python -m unidiff_code.metrics", description=main.__doc__)
+    p = Parser(prog=prog, description=main.__doc__)
     p.add_argument("files", nargs="+", help="Python source files")
     p.add_argument("--doctest", action="store_true", help="run the doctests of each unit that has examples")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per unit's doctests (default 5)")

@@ -157,11 +157,11 @@ def split_sources(split: str) -> list[str]:
     return [s for _, path in module_files(split) if (s := read_source(path)) is not None]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_code.tokenizer") -> None:
     """Train the code tokenizer on the train split of the stdlib corpus and write its JSON."""
     from unidiff.cli import Parser
 
-    parser = Parser(prog="python -m unidiff_code.tokenizer", description=main.__doc__)
+    parser = Parser(prog=prog, description=main.__doc__)
     parser.add_argument("--out", required=True, type=Path, help="output JSON, e.g. tokenizers/python-bpe-8k.json")
     parser.add_argument("--merges", type=int, default=8000, help="number of BPE merges to learn (default 8000)")
     args = parser.parse_args(argv)

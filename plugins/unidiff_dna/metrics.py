@@ -310,12 +310,12 @@ def read_bases(path: str) -> list[str]:
     return seqs
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_dna.metrics") -> None:
     """Metrics of the sequences in a FASTA/FASTQ file: GC content, motif rates and, against a reference file,
     k-mer Jensen-Shannon divergence (k = 1..6) and, against a training file, the memorisation check."""
     from unidiff.cli import Parser
 
-    p = Parser(prog="python -m unidiff_dna.metrics", description=main.__doc__)
+    p = Parser(prog=prog, description=main.__doc__)
     p.add_argument("fasta", help="the sequences to measure (FASTA or FASTQ, optionally .gz)")
     p.add_argument("--reference", help="sequences to compare k-mer spectra with (e.g. held-out real DNA)")
     p.add_argument("--train", help="training sequences: report each sequence's highest identity to them")

@@ -234,3 +234,11 @@ def register_datasets(register):
 def register_models(register):
     if MODEL_DIR.is_dir():
         register("image", MODEL_DIR)
+
+
+@hookimpl
+def register_commands(register):
+    """Each tool of this plugin as ``unidiff image TOOL`` (also ``python -m unidiff_image.TOOL``)."""
+    register("image animals", "unidiff_image.animals:main", help="rebuild the Animal-MNIST data from its wheel")
+    register("image measure", "unidiff_image.measure:main", help="the image model's figures (docs/results/image.md)")
+    register("image vq", "unidiff_image.vq:main", help="train the VQ image tokenizer")

@@ -289,11 +289,11 @@ def class_of(text: str) -> int | None:
     return found.pop() if len(found) == 1 else None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_image.animals") -> None:
     """Rebuild data/animals.npz and its licence from the animal_mnist 0.4 wheel; prints a manifest."""
-    import argparse
+    from unidiff.cli import Parser
 
-    parser = argparse.ArgumentParser(prog="python -m unidiff_image.animals", description=main.__doc__)
+    parser = Parser(prog=prog, description=main.__doc__)
     parser.add_argument("--build", required=True, metavar="WHEEL",
                         help=f"path to {WHEEL} (pip download --no-deps animal-mnist==0.4 -d DIR)")
     parser.add_argument("--out", default=str(ANIMALS), help=f"output file (default: {ANIMALS})")
@@ -302,4 +302,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

@@ -9,7 +9,6 @@ held-out images is reported beside every figure it produces.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -117,8 +116,10 @@ def captioning(pipe: Pipeline, codes: list[list[int]], labels: np.ndarray, judge
             + f"\n\nExamples: {examples}.")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m unidiff_image.measure", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_image.measure") -> None:
+    from unidiff.cli import Parser
+
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="image")
     p.add_argument("--per-class", type=int, default=100, help="generated images per class and setting (default 100)")
     p.add_argument("--seed", type=int, default=0)
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.out, "w") as fh:
                 fh.write("# Image model measurements\n\n" + stamp(
                     f"Model `{args.model}` ({pipe.model.num_params() / 1e6:.2f} M parameters).",
-                    f"python -m unidiff_image.measure --per-class {args.per_class}"
+                    f"{prog} --per-class {args.per_class}"
                     + (f" --out {args.out}" if args.out else "") + (f" --grid {args.grid}" if args.grid else ""),
                     t0) + "\n\n" + "\n\n".join(parts) + "\n")
 
@@ -264,4 +265,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

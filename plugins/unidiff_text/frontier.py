@@ -30,14 +30,14 @@ def parse_policy(text: str) -> tuple[str, dict]:
     return (name, {"threshold": float(value)}) if value else (name, {})
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_text.frontier") -> None:
     from unidiff import Pipeline
     from unidiff.cli import Parser
     from unidiff.report import machine
     from unidiff_text.metrics import distinct_words, held_out_windows, word_validity
     from unidiff_text.reference import reference_model
 
-    p = Parser(prog="python -m unidiff_text.frontier", description=__doc__.split("\n\n")[0])
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=16, help="samples per setting (default 16)")
     p.add_argument("--length", type=int, default=256, help="bytes per sample (default 256)")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(line, flush=True)
     header = (f"Text sampler frontier: model `{args.model}`, {args.num} samples of {args.length} bytes per row, "
               f"seed {args.seed}. Machine: {machine()}. Date: {datetime.date.today()}. "
-              f"Took {time.time() - start:.0f} s.\n\nCommand: `python -m unidiff_text.frontier "
+              f"Took {time.time() - start:.0f} s.\n\nCommand: `{prog} "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n")
     if args.out:
         with open(args.out, "w") as fh:

@@ -73,7 +73,7 @@ def contains(text: str, word: str) -> bool:
     return re.search(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", text, re.IGNORECASE) is not None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_text.guidance") -> None:
     from unidiff import Pipeline
     from unidiff.cli import Parser
     from unidiff.data import Segment
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from unidiff_text.corpus import title_prompt
     from unidiff_text.metrics import distinct_words, word_validity
 
-    p = Parser(prog="python -m unidiff_text.guidance", description=__doc__.split("\n\n")[0])
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("keyword", "play"), default="keyword")
     p.add_argument("--model", default="runs/text-keyword/model")
     p.add_argument("--num", type=int, default=96, help="keywords (keyword task) or samples per play (play task)")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     write_table(f"Classifier-free guidance, task `{args.task}`: model `{args.model}`, {about}. {args.length} bytes "
                 f"per sample, {args.steps} steps, policy {rec['policy']}, temperature {rec['temperature']:g}, seed "
                 f"{args.seed}.", f"| guidance w | {metric} | word validity | distinct words | NFE/sample |", rows,
-                f"python -m unidiff_text.guidance --task {args.task} --model {args.model}", start, args.out)
+                f"{prog} --task {args.task} --model {args.model}", start, args.out)
 
 
 if __name__ == "__main__":

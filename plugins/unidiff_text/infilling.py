@@ -65,13 +65,13 @@ def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int | None, 
     return float(sums.sum() / samples) / math.log(2)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_text.infilling") -> None:
     from unidiff import Pipeline
     from unidiff.cli import Parser
     from unidiff.generate import parse_holes
     from unidiff.report import write_table
 
-    p = Parser(prog="python -m unidiff_text.infilling", description=__doc__.split("\n\n")[0])
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=200, help="hidden words (default 200)")
     p.add_argument("--context", type=int, default=96, help="bytes of context on each side (default 96)")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.context} bytes of context on each side; policy {args.policy}, temperature "
                 f"{args.temperature:g}, one step per position.",
                 "| hole | positions | exact match | right length | true word: ELBO bits/byte | NFE/fill |", rows,
-                "python -m unidiff_text.infilling", start, args.out)
+                prog, start, args.out)
 
 
 if __name__ == "__main__":

