@@ -19,7 +19,7 @@ import time
 
 CHILD = r"""
 import json, sys, time, torch
-from unidiff.generate import Pipeline
+from unidiff.pipeline import Pipeline
 from unidiff.device import set_threads
 threads, batch, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if threads == "auto":

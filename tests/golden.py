@@ -99,7 +99,7 @@ def _image(pipe):
 
 def compute(only: set[str] | None = None) -> dict:
     from unidiff import Pipeline
-    from unidiff.evaluate import evaluate_model
+    from unidiff.training.evaluate import evaluate_model
 
     out = {"machine": machine(), "models": {}, "sampling": {}}
     pipes = {}

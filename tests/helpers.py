@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from unidiff.config import Config, DataConfig, TrainConfig
+from unidiff.training.config import Config, DataConfig, TrainConfig
 from unidiff.data import Segment, encode_row
 from unidiff.errors import ModalityInputError
 from unidiff.modality import make_head
-from unidiff.model import Denoiser, ModelConfig
-from unidiff.train import STATE
+from unidiff.models.transformer import Denoiser, ModelConfig
+from unidiff.training.train import STATE
 from unidiff.vocab import VocabLayout
 
 

@@ -14,18 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import unidiff.train as train_mod
+import unidiff.training.train as train_mod
 from unidiff.cli import main
-from unidiff.config import Config, DataConfig, TrainConfig, load_config
+from unidiff.training.config import Config, DataConfig, TrainConfig, load_config
 from unidiff.data import Batch, Segment, encode_docs, make_windows
 from unidiff.errors import UnidiffError
-from unidiff.evaluate import batch_loss, batch_nll, evaluate
-from unidiff.generate import Pipeline
+from unidiff.training.evaluate import evaluate
+from unidiff.training.objectives import batch_loss, batch_nll
+from unidiff.pipeline import Pipeline
 from unidiff.modality import make_head
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.plugins import Registry
-from unidiff.schedules import get_schedule
-from unidiff.train import STATE, train
+from unidiff.process.schedules import get_schedule
+from unidiff.training.train import STATE, train
 from unidiff.vocab import MASK, PAD, VocabLayout
 
 from helpers import Letters, assert_same_weights
@@ -436,9 +437,9 @@ def test_cached_decoding_gives_the_uncached_states():
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_cached_sampling_draws_what_the_uncached_loop_draws(pipe, temperature):
     from unidiff.data import collate
-    from unidiff.policies import Confidence
-    from unidiff.causal import sample_causal
-    from unidiff.sampling import sample
+    from unidiff.sampling.policies import Confidence
+    from unidiff.sampling.causal import sample_causal
+    from unidiff.sampling.loop import sample
 
     batch = collate(pipe.encode(SEGS, 0))
     slow = sample(pipe.model, batch, Confidence(), seeds=7, temperature=temperature, block_length=1)

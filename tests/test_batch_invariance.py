@@ -3,7 +3,7 @@
 Each setting puts rows of different widths in one batch (prompts of different lengths), so a row is padded to the
 batch's width: the case where bf16 used to round a row differently (the attention kernel's reductions change with
 the padded width) and flip a sampler choice. On the CPU every setting is exact at both precisions; on a GPU bf16
-is not claimed (see `unidiff.widths.cut_to_width`).
+is not claimed (see `unidiff.models.widths.cut_to_width`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 from unidiff import Pipeline, Segment
 from unidiff.data import collate
-from unidiff.widths import row_widths
-from unidiff.stream import sample_stream
+from unidiff.models.widths import row_widths
+from unidiff.sampling.stream import sample_stream
 
 # Rows of 17 to 59 positions (17 to generate): the short ones are padded past the next multiple of 16 positions,
 # where the CPU's attention kernel starts to round them differently from alone (the other settings' rows likewise).

@@ -12,7 +12,7 @@ from unidiff_bench.table import run_bench
 from unidiff.cli import main
 from unidiff.data import Tokens
 from unidiff.errors import UnidiffError
-from unidiff.generate import Generation, Pipeline
+from unidiff.pipeline import Generation, Pipeline
 from unidiff.plugins import Registry
 
 
@@ -178,17 +178,28 @@ def test_bench_command_line_writes_the_table(tmp_path, capsys):
     assert "| autoregressive: AR, KV cache, T0.8 | 4 | 1 |" in out.read_text()
 
 
-def test_speed_features_each_measured():
+def test_speed_features_measure_each_feature_once_and_leave_the_models_as_they_were():
     from unidiff_bench.bench import features
 
     bench = Bench("code", "code-ar", device="cpu")
+    d = bench.pipes["diffusion"]
+    before = {k: v.clone() for k, v in d.model.state_dict().items()}
+    blocks, amp = d.model.blocks, d.amp_dtype
+    probe = d.complete(bench.prompt, num=2, length=8, steps=4, seed=5).tokens
     rows = features(bench, 8, 2, block=4, compile=False)
-    names = [name for _, name, _, _ in rows]
-    assert any("dual cache" in n for n in names) and any("delta cache" in n for n in names)
-    assert any("int8" in n for n in names)
-    assert any(n.startswith("continuous batching") for n in names) and any(n.startswith("static") for n in names)
-    assert any("no cache" in n for n in names)
-    assert all(tps > 0 for _, _, tps, _ in rows)
+    assert [(model, name.split(":")[0]) for model, name, _, _ in rows] == [
+        ("diffusion", "baseline"), ("diffusion", "blocks of 4, no cache"), ("diffusion", "blocks of 4 + dual cache"),
+        ("diffusion", "blocks of 4 + delta cache"), ("diffusion", "dual cache, one block (prompt only)"),
+        ("diffusion", "bf16 autocast"), ("diffusion", "int8 linear layers"), ("diffusion", "static batches of 2"),
+        ("diffusion", "continuous batching, 2 slots"), ("autoregressive", "KV cache (the default)"),
+        ("autoregressive", "no cache (a full pass per token)")]
+    assert rows[0][1] == "baseline: fp32, 4 steps, one block"  # 0.5 steps/token of 8 tokens
+    assert rows[7][1].endswith("8 requests of 1-8 tokens, 0.5 steps/token") and "mean latency" in rows[8][3]
+    assert all(0 < tps < float("inf") for _, _, tps, _ in rows)
+    # int8 and bf16 were undone: the same modules, weights and precision, so the same samples as before
+    assert d.model.blocks is blocks and d.amp_dtype == amp
+    assert all(torch.equal(before[k], v) for k, v in d.model.state_dict().items())
+    assert d.complete(bench.prompt, num=2, length=8, steps=4, seed=5).tokens == probe
     assert all("mean latency" in note for _, name, _, note in rows if "batch" in name)
 
 

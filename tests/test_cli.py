@@ -17,7 +17,7 @@ import pytest
 
 from unidiff import Pipeline
 from unidiff.cli import main
-from unidiff.evaluate import evaluate_model
+from unidiff.training.evaluate import evaluate_model
 from unidiff.plugins import Registry
 
 
@@ -100,7 +100,7 @@ def test_infill_reads_the_template_from_a_file(capsys, tmp_path):
     assert code == 2 and "hole" in err
 
 
-def test_schedule_option_reaches_the_sampler(capsys):  # the grid itself: test_sampling.py
+def test_schedule_option_reaches_the_sampler(capsys):  # the grid itself: test_sampling_loop.py
     code, out, err = run_main(capsys, "generate", "--length", "64", "--steps", "8", "--schedule", "cosine",
                               "--policy", "confidence")
     assert code == 0 and "NFE 8 per sample" in err

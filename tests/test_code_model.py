@@ -10,8 +10,8 @@ import torch
 
 from unidiff import Pipeline
 from unidiff.data import Segment, Tokens, collate, encode_row
-from unidiff.evaluate import batch_elbo
-from unidiff.schedules import get_schedule
+from unidiff.training.objectives import batch_elbo
+from unidiff.process.schedules import get_schedule
 from unidiff_code.corpus import module_files, units
 
 

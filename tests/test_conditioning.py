@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from unidiff import Pipeline
-from unidiff.checkpoint import init_weights, write_model
+from unidiff.training.checkpoint import init_weights, write_model
 from unidiff.data import Document, Segment, Windows, encode_conditions, encode_docs, encode_row, make_holes
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.modality import make_head
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.plugins import Registry
 from unidiff.vocab import MASK, PAD, VocabLayout
 

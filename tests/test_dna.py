@@ -146,9 +146,9 @@ def test_reverse_complement_is_an_involution_and_preserves_composition():
 
 @pytest.fixture(scope="module")
 def dna_model(tmp_path_factory):
-    from unidiff.config import Config, DataConfig, TrainConfig
-    from unidiff.model import ModelConfig
-    from unidiff.train import train
+    from unidiff.training.config import Config, DataConfig, TrainConfig
+    from unidiff.models.transformer import ModelConfig
+    from unidiff.training.train import train
 
     out = tmp_path_factory.mktemp("dna-run")
     cfg = Config(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64),

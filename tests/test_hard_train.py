@@ -23,16 +23,16 @@ from hypothesis import strategies as st
 from safetensors import SafetensorError
 
 import unidiff_bench.table as bench_mod
-import unidiff.checkpoint as ckpt
+import unidiff.training.checkpoint as ckpt
 import unidiff.fs as fs
-import unidiff.train as train_mod
+import unidiff.training.train as train_mod
 from unidiff.cli import main
-from unidiff.config import Config, DataConfig, SampleConfig, TrainConfig, load_config
+from unidiff.training.config import Config, DataConfig, SampleConfig, TrainConfig, load_config
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.fs import OutputError, atomic_path, atomic_write, ensure_writable, folder_lock
-from unidiff.model import ModelConfig
+from unidiff.models.transformer import ModelConfig
 from unidiff.plugins import Registry
-from unidiff.train import STATE, TrainingError, train
+from unidiff.training.train import STATE, TrainingError, train
 
 from helpers import EVAL_DOCS, N, TRAIN_DOCS, assert_same_weights, read_log, saved_step, tiny_cfg, weights
 
@@ -380,7 +380,7 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, sys.argv[3])
-    import unidiff.checkpoint as ckpt, unidiff.train as train_mod
+    import unidiff.training.checkpoint as ckpt, unidiff.training.train as train_mod
     from unidiff.plugins import Registry
     from helpers import EVAL_DOCS, TRAIN_DOCS, tiny_cfg
 

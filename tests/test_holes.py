@@ -9,13 +9,13 @@ import torch.nn.functional as F
 
 from unidiff.data import Batch, collate, encode_row
 from unidiff.errors import UnidiffError
-from unidiff.evaluate import batch_elbo
-from unidiff.generate import parse_holes
+from unidiff.training.objectives import batch_elbo
+from unidiff.data import parse_holes
 from unidiff.modality import make_head
-from unidiff.model import Denoiser, ModelConfig
-from unidiff.policies import Confidence
-from unidiff.sampling import sample
-from unidiff.schedules import get_schedule
+from unidiff.models.transformer import Denoiser, ModelConfig
+from unidiff.sampling.policies import Confidence
+from unidiff.sampling.loop import sample
+from unidiff.process.schedules import get_schedule
 from unidiff.vocab import VocabLayout
 
 
@@ -125,9 +125,9 @@ def cyclic(start: int, n: int) -> str:
 
 @pytest.fixture(scope="module")
 def hole_model(tmp_path_factory):
-    from unidiff.config import Config, DataConfig, TrainConfig
+    from unidiff.training.config import Config, DataConfig, TrainConfig
     from unidiff.plugins import Registry
-    from unidiff.train import train
+    from unidiff.training.train import train
 
     registry = Registry()
     docs = [cyclic(i, 64) for i in range(16)]

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from helpers import Letters
-from unidiff.checkpoint import init_weights, load_model, resolve, write_model
+from unidiff.training.checkpoint import init_weights, load_model, resolve, write_model
 from unidiff.errors import CheckpointError, UnidiffError, UnknownNameError
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.modality import make_head
 from unidiff.plugins import Registry
 from unidiff.vocab import VocabLayout
@@ -167,7 +167,7 @@ def test_hostile_folder_is_refused_by_name(folder, registry, case):
 MEASURE = """
 import sys, traceback
 from pathlib import Path
-from unidiff.checkpoint import load_model
+from unidiff.training.checkpoint import load_model
 from unidiff.errors import CheckpointError
 from unidiff.plugins import Registry
 

@@ -13,10 +13,11 @@ import torch
 
 from unidiff.data import Document, Segment, encode_conditions, encode_docs, encode_row, make_windows
 from unidiff.errors import UnidiffError
-from unidiff.losses import corrupt, elbo_terms
+from unidiff.process.absorbing import corrupt, elbo_terms
 from unidiff.modality import grids_of, make_head
-from unidiff.model import Denoiser, GridEmbedding, ModelConfig, grid_cells
-from unidiff.schedules import get_schedule
+from unidiff.data.rows import cells_of, grid_cells
+from unidiff.models.transformer import Denoiser, GridEmbedding, ModelConfig
+from unidiff.process.schedules import get_schedule
 from unidiff.vocab import MASK, PAD, VocabLayout
 
 from helpers import Letters
@@ -153,10 +154,14 @@ def test_a_grid_model_embeds_position_on_the_grid_and_old_models_are_unchanged()
     mod = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0, 0]])
     base = plain.tok_emb(ids) + plain.mod_emb(mod)
     assert torch.equal(plain.embed(ids, mod), base)
-    e = grid.embed(ids, mod) - (grid.tok_emb(ids) + grid.mod_emb(mod))
+    cells = cells_of(ids, mod, LAYOUT, {"abc": (2, 2)})  # the data layer gives the 2-D positions
+    assert cells.tolist() == [[-1, -1, -1, -1, 0, 1, 2, 3, -1]]
+    e = grid.embed(ids, mod, cells) - (grid.tok_emb(ids) + grid.mod_emb(mod))
     r, k = grid.grids["abc"].row.weight, grid.grids["abc"].col.weight
     assert torch.allclose(e[0, 4:8], torch.stack([r[0] + k[0], r[0] + k[1], r[1] + k[0], r[1] + k[1]]))
     assert (e[0, :4] == 0).all() and (e[0, 8] == 0).all()
+    with pytest.raises(UnidiffError, match="needs each token's cell from the data layer"):
+        grid.embed(ids, mod)  # the model derives nothing from BOS ids itself
 
 
 def test_grids_of_reads_the_modalities_grid_attribute():

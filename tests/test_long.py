@@ -6,7 +6,7 @@ import pytest
 
 from unidiff_bench.bench import Bench, Setting
 from unidiff.errors import UnidiffError
-from unidiff.generate import Pipeline
+from unidiff.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from unidiff.architectures import build_denoiser, model_config
+from unidiff.models.architectures import build_denoiser, model_config
 from unidiff.errors import PluginError, UnidiffError
-from unidiff.model import ModelConfig
+from unidiff.models.transformer import ModelConfig
 from unidiff.plugins import DISABLE_ENV, Registry
 from unidiff.vocab import VocabLayout
 
@@ -153,7 +153,7 @@ def test_a_third_party_architecture_trains_evaluates_samples_and_reloads(mixer, 
 
     monkeypatch.syspath_prepend(str(mixer))
     monkeypatch.delenv(DISABLE_ENV, raising=False)
-    from unidiff.checkpoint import load_model
+    from unidiff.training.checkpoint import load_model
     from safetensors.torch import load_file
 
     model, _, _ = load_model(trained)
@@ -188,4 +188,4 @@ def test_a_transformer_checkpoint_without_the_key_is_a_transformer():
     cfg = model_config({"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 16})  # as shipped before the key
     assert isinstance(cfg, ModelConfig) and cfg.architecture == "transformer"
     model = build_denoiser(cfg, VocabLayout({"abc": 3}), {"abc": Letters()})
-    assert type(model).__module__ == "unidiff.model"
+    assert type(model).__module__ == "unidiff.models.transformer"

@@ -1,14 +1,14 @@
-"""Strand-symmetric (mirror) sampling: `unidiff.symmetry.Mirrored`."""
+"""Strand-symmetric (mirror) sampling: `unidiff.models.symmetry.Mirrored`."""
 
 import pytest
 import torch
 
 from unidiff.data import Segment, collate, encode_row
 from unidiff.errors import UnidiffError
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.modality import make_head
-from unidiff.sampling import sample
-from unidiff.symmetry import Mirrored, mirror_perms
+from unidiff.sampling.loop import sample
+from unidiff.models.symmetry import Mirrored, mirror_perms
 from unidiff.vocab import MASK, VocabLayout
 from unidiff_dna import DnaModality, reverse_complement
 from unidiff_text import TextModality

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unidiff.modality import make_head
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.vocab import MASK, PAD, VocabLayout
 
 from helpers import allowed as allowed_ids

@@ -9,7 +9,7 @@ import torch
 
 from unidiff import Pipeline, Segment, UnidiffError
 from unidiff.data import edit_targets
-from unidiff.generate import parse_holes
+from unidiff.data import parse_holes
 
 TEXT = "KING\nNow is the winter of our discontent made glorious summer by this sun of York.\n"
 

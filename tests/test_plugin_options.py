@@ -262,7 +262,7 @@ def set_image_options(folder: Path, **options) -> None:
 @pytest.mark.parametrize("options", [{"grid_scale": 10**6}, {"grid_scale": 2.5}, {"vq": "/"},
                                      {"vq": "/etc/passwd"}])
 def test_a_checkpoint_with_hostile_image_options_is_refused_naming_plugin_and_option(options, image_model, capsys):
-    from unidiff.checkpoint import load_model
+    from unidiff.training.checkpoint import load_model
 
     set_image_options(image_model, **options)
     with pytest.raises(CheckpointError) as e:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unidiff.plugins import DISABLE_ENV, Registry
-from unidiff.schedules import get_schedule
+from unidiff.process.schedules import get_schedule
 
 from helpers import write_dist
 
@@ -22,7 +22,7 @@ STEPPLUG = """
 import torch
 
 from unidiff.hookspecs import hookimpl
-from unidiff.schedules import Schedule
+from unidiff.process.schedules import Schedule
 
 
 class Late(Schedule):
@@ -66,7 +66,7 @@ def test_a_plugin_schedule_is_built_from_its_spec(front):
     schedule = get_schedule("late:k=3")
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     assert schedule.spec == "late:k=3" and schedule.mask_prob(t).tolist() == [0.0, 1 - 0.5 ** 3, 1.0]
-    assert type(get_schedule("linear")).__module__ == "unidiff.schedules"  # the built-in keeps its name
+    assert type(get_schedule("linear")).__module__ == "unidiff.process.schedules"  # the built-in keeps its name
 
 
 def test_the_sampler_walks_a_plugin_schedule_from_python_and_the_command_line(front):
@@ -76,7 +76,7 @@ def test_the_sampler_walks_a_plugin_schedule_from_python_and_the_command_line(fr
     gen = pipe.complete("KING\n", length=16, steps=4, schedule="late:k=3", policy="confidence", seed=1)
     # After step k of 4, floor(16 (1 - ((k + 1) / 4) ** 3)) stay masked: 15, 14, 9, 0: every step commits
     # (the confidence policy commits exactly its budget).
-    from unidiff.sampling import step_budget
+    from unidiff.process.absorbing import step_budget
 
     left = [step_budget(torch.tensor([16]), torch.tensor([4]), k, get_schedule("late:k=3"))[1].item() for k in range(4)]
     assert left == [15, 14, 9, 0] and gen.nfe == [4] and gen.generated == [16]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from unidiff.errors import UnidiffError, UnknownNameError
-from unidiff.schedules import SCHEDULES, Cosine, LogLinear, Polynomial, TimeGrid, get_schedule, parse_spec
+from unidiff.process.schedules import SCHEDULES, Cosine, LogLinear, Polynomial, TimeGrid, get_schedule, parse_spec
 
 SCHEDS = {
     "linear": LogLinear(),
@@ -170,7 +170,7 @@ def test_equal_specs_are_equal_schedules():
 
 
 def test_an_explicit_grid_is_visited_exactly_by_its_steps():
-    from unidiff.sampling import step_budget
+    from unidiff.process.absorbing import step_budget
 
     times = (1.0, 0.9, 0.5, 0.2, 0.0)
     grid, cosine = TimeGrid(times, "cosine"), Cosine()

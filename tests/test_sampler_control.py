@@ -16,14 +16,16 @@ from torch import nn
 from unidiff import Pipeline
 from unidiff.data import Segment, collate, encode_row
 from unidiff.errors import UnidiffError
-from unidiff.generate import decode_row, parse_holes
+from unidiff.data import parse_holes
+from unidiff.pipeline import decode_row
 from unidiff.modality import make_head
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.plugins import Registry
-from unidiff.policies import Ancestral, Confidence, Random
+from unidiff.sampling.policies import Ancestral, Confidence, Random
 from unidiff.rng import STREAM_REMASK, hashed_uniform
-from unidiff.sampling import GroupSpec, sample, step_budget
-from unidiff.schedules import get_schedule
+from unidiff.process.absorbing import step_budget
+from unidiff.sampling.loop import GroupSpec, sample
+from unidiff.process.schedules import get_schedule
 from unidiff.vocab import MASK, VocabLayout
 
 from helpers import Letters
@@ -75,7 +77,7 @@ def tiny_denoiser(seed=0, blank=False):
 
     model = Denoiser(ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64), layout,
                      {"text": make_head(M, 32)}).eval()
-    with torch.no_grad():  # sharper than the init, so proposals are not near-ties (see test_sampling.py)
+    with torch.no_grad():  # sharper than the init, so proposals are not near-ties (see test_sampling_loop.py)
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.3)
@@ -402,7 +404,7 @@ def test_variable_holes_need_a_blank_layout():
 def test_threshold_with_remasking_commits_at_least_what_it_re_masks():
     """An unreachable threshold commits only its minimum each step: one more token than the step re-masked, so the
     masked count falls by one a step and re-masked tokens do not pile up for the last step."""
-    from unidiff.policies import Threshold
+    from unidiff.sampling.policies import Threshold
 
     model = tiny_denoiser(1)
     batch = collate(text_rows([("ab", 24)], model.layout))

@@ -11,11 +11,12 @@ from torch import nn
 from unidiff.data import Segment, collate, encode_row
 from unidiff.errors import UnidiffError
 from unidiff.modality import make_head
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.plugins import Registry
-from unidiff.policies import Ancestral, Confidence
-from unidiff.sampling import (STREAM_POLICY, STREAM_TOKEN, hashed_uniform, propose, sample, step_budget)
-from unidiff.schedules import get_schedule
+from unidiff.sampling.policies import Ancestral, Confidence
+from unidiff.process.absorbing import step_budget
+from unidiff.sampling import STREAM_POLICY, STREAM_TOKEN, hashed_uniform, propose, sample
+from unidiff.process.schedules import get_schedule
 from unidiff.vocab import MASK, VocabLayout
 
 # --- a hand-made model: fixed probabilities per position ------------------------------------------------------
@@ -371,8 +372,8 @@ def test_steps_are_shared_between_blocks_without_exceeding_the_budget():
 def test_progress_counts_the_committed_targets():
     """sample, sample_stream and sample_causal report the target tokens committed so far: monotone without
     remasking, ending at the number of targets."""
-    from unidiff.causal import sample_causal
-    from unidiff.stream import sample_stream
+    from unidiff.sampling.causal import sample_causal
+    from unidiff.sampling.stream import sample_stream
 
     model = tiny_denoiser(3)
     batch = collate(rows_of(REQUESTS, model.layout))
@@ -393,7 +394,7 @@ def test_progress_counts_the_committed_targets():
 def test_an_adaptive_policy_is_not_capped_by_the_recommended_steps():
     """A model that recommends 0.25 steps per token caps confidence decoding at 4 passes for 16 tokens; the
     threshold policy is capped at one token per step only (threshold 1: nothing passes, one token a step)."""
-    from unidiff.generate import Pipeline
+    from unidiff.pipeline import Pipeline
 
     model = tiny_denoiser(4)
     pipe = Pipeline(model, {"text": Bytes()}, {"sampling": {"steps_per_token": 0.25}})

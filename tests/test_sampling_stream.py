@@ -8,9 +8,9 @@ import torch
 
 from unidiff.data import collate
 from unidiff.errors import UnidiffError
-from unidiff.policies import Ancestral, Confidence
-from unidiff.sampling import sample
-from unidiff.stream import sample_stream
+from unidiff.sampling.policies import Ancestral, Confidence
+from unidiff.sampling.loop import sample
+from unidiff.sampling.stream import sample_stream
 
 from helpers import rows_of, tiny_denoiser
 
@@ -54,7 +54,7 @@ def test_stream_validates_its_batch_size():
 def test_pipeline_max_batch_gives_the_same_samples(name):
     """--max-batch bounds the rows run at once (continuous batching for diffusion, successive batches for the
     autoregressive model) without changing any sample."""
-    from unidiff.generate import Pipeline
+    from unidiff.pipeline import Pipeline
 
     pipe = Pipeline.load(name, device="cpu", precision="fp32")
     kw = dict(num=5, length=12, seed=3, temperature=1.0)

@@ -97,7 +97,7 @@ def test_titled_and_keyword_datasets():
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    from unidiff.config import load_config
+    from unidiff.training.config import load_config
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
     assert {c.name for c in configs} >= {"text.toml", "text-base.toml", "text-keyword.toml"}

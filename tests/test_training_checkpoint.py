@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import unidiff.checkpoint as ckpt
-from unidiff.checkpoint import atomic_dir, load_model, recover
+import unidiff.training.checkpoint as ckpt
+from unidiff.training.checkpoint import atomic_dir, load_model, recover
 from unidiff.fs import ensure_writable
-from unidiff.config import Config, DataConfig, TrainConfig
+from unidiff.training.config import Config, DataConfig, TrainConfig
 from unidiff.errors import CheckpointError, UnidiffError, UnknownNameError
-from unidiff.model import ModelConfig
+from unidiff.models.transformer import ModelConfig
 from unidiff.plugins import Registry
-from unidiff.train import train
+from unidiff.training.train import train
 
 TRAIN_DOCS = [
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "

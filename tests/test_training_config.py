@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from unidiff.config import Config, DataConfig, TrainConfig, load_config, parse_override
+from unidiff.training.config import Config, DataConfig, TrainConfig, load_config, parse_override
 from unidiff.errors import UnidiffError
-from unidiff.model import ModelConfig
+from unidiff.models.transformer import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_TOML = ROOT / "configs" / "text.toml"

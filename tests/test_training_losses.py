@@ -20,13 +20,14 @@ import pytest
 import torch
 from torch import nn
 
-from unidiff.config import Config, DataConfig, TrainConfig
+from unidiff.training.config import Config, DataConfig, TrainConfig
 from unidiff.data import Windows, encode_docs
-from unidiff.evaluate import evaluate
-from unidiff.losses import corrupt, elbo_terms, per_modality, sample_times
-from unidiff.model import ModelConfig
-from unidiff.schedules import get_schedule
-from unidiff.train import train
+from unidiff.training.evaluate import evaluate
+from unidiff.training.losses import per_modality, sample_times
+from unidiff.process.absorbing import corrupt, elbo_terms
+from unidiff.models.transformer import ModelConfig
+from unidiff.process.schedules import get_schedule
+from unidiff.training.train import train
 from unidiff.vocab import MASK, VocabLayout
 
 K, L = 8, 64

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import unidiff.checkpoint as ckpt
-import unidiff.train as train_mod
-from unidiff.checkpoint import load_model
-from unidiff.config import Config, TrainConfig
+import unidiff.training.checkpoint as ckpt
+import unidiff.training.train as train_mod
+from unidiff.training.checkpoint import load_model
+from unidiff.training.config import Config, TrainConfig
 from unidiff.errors import CheckpointError, UnidiffError
 from unidiff.fs import OutputError
 from unidiff.plugins import Registry
-from unidiff.train import STATE, lr_at, train
+from unidiff.training.train import STATE, lr_at, train
 
 from helpers import EVAL_DOCS, N, TRAIN_DOCS, assert_same_weights, read_log, saved_step, tiny_cfg, weights
 

@@ -6,7 +6,7 @@ The engine (this package) trains and samples one bidirectional denoiser over a j
 
 from unidiff.data import Segment
 from unidiff.errors import CheckpointError, ModalityInputError, UnidiffError, UnknownNameError
-from unidiff.generate import Generation, Pipeline
+from unidiff.pipeline import Generation, Pipeline
 from unidiff.plugins import Registry, get_plugin_manager
 
 __version__ = "0.1.0"

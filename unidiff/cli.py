@@ -20,17 +20,18 @@ EXIT_USER_ERROR = 2
 
 
 def cmd_train(args) -> None:
-    from unidiff.config import load_config
+    from unidiff.training.config import load_config
     from unidiff.device import run_conditions
-    from unidiff.train import train
+    from unidiff.training.train import train
 
     cfg = load_config(args.config, args.set or [])
     if args.no_progress or args.quiet:
         cfg.train.progress = False
     result = train(cfg, fresh=args.fresh)
     if result.eval is not None:
-        objective = "NLL" if cfg.model.kind == "autoregressive" else "ELBO"
-        print(f"held-out {objective}: {result.eval.summary()}", file=sys.stderr)
+        from unidiff.training.objectives import objective_of
+
+        print(f"held-out {objective_of(cfg.model).name}: {result.eval.summary()}", file=sys.stderr)
     model = result.out_dir / "model"
     where = f"model: {model} ({run_conditions(result.precision)})"
     if result.steps_run == 0:
@@ -91,7 +92,7 @@ def emit(gen, modality, args) -> None:
 
 def load_pipeline(args):
     """The model of a sampling command, on its device, precision and quantization."""
-    from unidiff.generate import Pipeline
+    from unidiff.pipeline import Pipeline
 
     return Pipeline.load(args.model, device=args.device, precision=args.precision, quantize=args.quantize)
 
@@ -181,7 +182,7 @@ def cmd_inpaint(args) -> None:
 def read_template(arg: str) -> str:
     """The infill argument: a template, or the path of a file that holds one (an argument without holes or line
     breaks is read as a file)."""
-    from unidiff.generate import HOLE
+    from unidiff.data import HOLE
 
     path = Path(arg)
     if HOLE.search(arg) is not None or "\n" in arg:
@@ -211,7 +212,7 @@ def cmd_eval(args) -> None:
     import time
 
     from unidiff.device import run_conditions
-    from unidiff.evaluate import evaluate_model
+    from unidiff.training.evaluate import evaluate_model
 
     start = time.time()
     result, info = evaluate_model(args.model, device=args.device, precision=args.precision, max_windows=args.windows,
@@ -293,7 +294,7 @@ def train_help() -> str:
     import json
     import textwrap
 
-    from unidiff.config import Config
+    from unidiff.training.config import Config
     from unidiff.plugins import Registry
 
     lines = ["config sections and keys (TOML; --set SECTION.KEY=VALUE overrides one):"]

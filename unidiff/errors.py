@@ -16,7 +16,7 @@ class UnknownNameError(UnidiffError, KeyError):
     def __init__(self, kind: str, name: str, known: list[str], hint: str = ""):
         self.kind, self.name, self.known = kind, name, known
         listing = ", ".join(known) if known else "none are installed"
-        plural = {"modality": "modalities", "policy": "policies"}.get(kind, kind + "s")
+        plural = {"modality": "modalities", "policy": "policies", "process": "processes"}.get(kind, kind + "s")
         msg = f"unknown {kind} {name!r}; known {plural}: {listing}"
         super().__init__(msg + (f". {hint}" if hint else ""))
 

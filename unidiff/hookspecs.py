@@ -36,13 +36,19 @@ def register_policies(register):
 @hookspec
 def register_architectures(register):
     """Register denoiser backbones: ``register(name, build, config=ConfigClass)``; ``[model] architecture = name``
-    picks one, ``build(cfg, layout, heads, grids)`` returns it (see `unidiff.architectures`)."""
+    picks one, ``build(cfg, layout, heads, grids)`` returns it (see `unidiff.models.architectures`)."""
 
 
 @hookspec
 def register_schedules(register):
     """Register masking schedules: ``register(name, factory)``; ``factory(**params)`` returns a
-    `unidiff.schedules.Schedule`, named by spec strings such as ``name:key=value``."""
+    `unidiff.process.schedules.Schedule`, named by spec strings such as ``name:key=value``."""
+
+
+@hookspec
+def register_processes(register):
+    """Register noise processes: ``register(name, factory)``; ``factory()`` returns a `unidiff.process.Process`
+    (corruption, ELBO terms, reverse-step budgets and posterior), picked by ``[train] process = name``."""
 
 
 @hookspec

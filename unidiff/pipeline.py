@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,21 +23,25 @@ import torch
 from tqdm import tqdm
 
 from unidiff import checks
-from unidiff.checkpoint import load_model
+from unidiff.training.checkpoint import load_model
 from unidiff.checks import MAX_GUIDANCE
-from unidiff.config import SampleConfig
-from unidiff.data import Row, Segment, Tokens, check_samples, check_schedule, collate, encode_content, encode_row
+from unidiff.training.config import SampleConfig
+from unidiff.data import (Row, Segment, Tokens, check_samples, check_schedule, collate, encode_content, encode_row,
+                          parse_holes)
 from unidiff.device import autocast, precision_name, resolve_device, resolve_precision, run_conditions
 from unidiff.errors import UnidiffError
 from unidiff.modality import checked_decode, optional
 from unidiff.plugins import Registry
-from unidiff.quantize import bad_quantize, quantize_int8
-from unidiff.causal import sample_causal
-from unidiff.sampling import GroupSpec, SampleOutput, sample
-from unidiff.schedules import Schedule
-from unidiff.stream import sample_stream
-from unidiff.symmetry import Mirrored, mirror_perms
-from unidiff.vocab import MASK, VocabLayout
+from unidiff.models.quantize import bad_quantize, quantize_int8
+from unidiff.sampling.causal import sample_causal
+from unidiff.sampling.loop import GroupSpec, SampleOutput, sample
+from unidiff.process import get_process
+from unidiff.training.objectives import marks, objective_of
+from unidiff.rng import noise_uniform
+from unidiff.process.schedules import Schedule
+from unidiff.sampling.stream import sample_stream
+from unidiff.models.symmetry import Mirrored, mirror_perms
+from unidiff.vocab import VocabLayout
 
 
 WINDOW_SEED_STRIDE = 10**6  # complete_long: window w of sample i uses seed + w * stride + i
@@ -142,6 +145,9 @@ class Pipeline:
         # The model's recommended sampling settings (see generate), over the engine's own defaults.
         self.sampling = {"policy": "confidence", "temperature": 1.0, "steps_per_token": None, "remask": 0.0,
                          "guidance": 1.0, **config.get("sampling", {})}
+        # The noise process the model was trained with (models from before processes were named: absorbing).
+        trained = config.get("training", {}).get("train", {}) if isinstance(config.get("training"), dict) else {}
+        self.process = get_process(trained.get("process", "absorbing"), self.registry)
 
     @classmethod
     def load(cls, model: str | Path = "text", device: str = "auto", precision: str = "auto",
@@ -243,14 +249,14 @@ class Pipeline:
             seed: sample i uses seed + i, so it is the same whether generated alone or in a batch.
             temperature, top_k, top_p: proposal sampling (temperature 0 = greedy).
             schedule: time grid of the reverse process: a spec string (``"cosine"``, ``"polynomial:power=3"``,
-                ``"grid:times=1/0.6/0.2/0"``: see `unidiff.schedules`) or a `Schedule`.
+                ``"grid:times=1/0.6/0.2/0"``: see `unidiff.process.schedules`) or a `Schedule`.
             block_length: decode the generated positions left to right in blocks of this many (semi-autoregressive).
             remask: ReMDM remasking strength in [0, 1] (0: off).
             guidance: classifier-free guidance scale (1: off); the given segments are the condition.
             symmetric: average every prediction with the model's prediction on the mirrored row, for modalities
-                that declare a mirror symmetry (DNA: the reverse-complement strand; see `unidiff.symmetry`); doubles
+                that declare a mirror symmetry (DNA: the reverse-complement strand; see `unidiff.models.symmetry`); doubles
                 the forward passes.
-            cache: approximate key/value cache for a diffusion model (see `unidiff.kvcache`): True or "dual" (a
+            cache: approximate key/value cache for a diffusion model (see `unidiff.models.kvcache`): True or "dual" (a
                 block's later steps compute only the block), "delta" (no full pass after the first: each step
                 computes the block and the positions that changed); fastest with ``block_length``. An
                 autoregressive model always decodes with its exact cache.
@@ -284,7 +290,8 @@ class Pipeline:
         remask = rec["remask"] if remask is None else remask
         asked_guidance, guidance = guidance, rec["guidance"] if guidance is None else guidance
         schedule = rec.get("schedule", "linear") if schedule is None else schedule
-        if self.model.cfg.kind == "autoregressive":  # left to right, one token per forward pass
+        objective = objective_of(self.model)  # what trained the model decides how it is decoded
+        if objective.causal:  # left to right, one token per forward pass
             block_length, steps, remask = 1, None, 0.0
         rows = self.encode(samples, seed)
         if guidance != 1.0 and not any(bool(r.condition.any()) for r in rows):
@@ -296,7 +303,7 @@ class Pipeline:
         extra_nfe = self._rescore(rows)
         specs, groups = self._groups(samples, rows)
         n_default = [int((r.targets & (g == 0)).sum()) for r, g in zip(rows, groups)]
-        if steps is None and rec.get("steps_per_token") and self.model.cfg.kind == "diffusion" \
+        if steps is None and rec.get("steps_per_token") and objective.steps_per_token \
                 and not getattr(pol, "adaptive", False):  # an adaptive policy is capped at one token a step only
             # The recommended steps per token, and at least one step per block.
             steps = [max(1, math.ceil(n * rec["steps_per_token"]), math.ceil(n / (block_length or max(n, 1))))
@@ -304,7 +311,7 @@ class Pipeline:
         model = Mirrored(self.model, mirror_perms(self.modalities)) if symmetric else self.model
         bar = tqdm(total=sum(int(r.targets.sum()) for r in rows), unit="tok", desc="generate", leave=False,
                    disable=None if progress else True, dynamic_ncols=True)
-        if self.model.cfg.kind == "autoregressive" and guidance == 1.0 and not specs and not symmetric:
+        if objective.causal and guidance == 1.0 and not specs and not symmetric:  # the exact key/value cache
             outs = []  # the key/value cache: one position per pass, in batches of at most max_batch rows
             for i in range(0, len(rows), max_batch or len(rows)):
                 part = rows[i:i + (max_batch or len(rows))]
@@ -317,7 +324,8 @@ class Pipeline:
         else:
             settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
                             amp_dtype=self.amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
-                            groups=specs, cache=cache if self.model.cfg.kind == "diffusion" else False)
+                            groups=specs, cache=False if objective.causal else cache,
+                            process=self.process)
             batch = collate(rows, groups if specs else None)
             # only for a bar that shows: counting the committed tokens costs a reduction per step
             settings["progress"] = (lambda n: bar.update(n - bar.n)) if not bar.disable else None
@@ -375,10 +383,11 @@ class Pipeline:
             hide = scored & (rank % folds == j)
             if not hide.any():
                 continue
-            x = torch.where(hide | batch.targets, MASK, batch.ids)
+            # the scored tokens noised, one fold at a time (a fixed noise: the fold's uniforms are its index)
+            x = self.process.start(batch.ids, hide | batch.targets, batch.modality, self.layout,
+                                   noise_uniform(torch.tensor([[j]], device=batch.ids.device), -1, rank.clamp(min=0)))
             with autocast(batch.ids.device, self.amp_dtype):
-                hole = {} if batch.blank_ok is None else {"hole": batch.blank_ok}
-                h = self.model.features(x, batch.modality, batch.positions, batch.pad_mask, **hole)
+                h = self.model.features(x, batch.modality, batch.positions, batch.pad_mask, **marks(batch))
                 logits = self.model.logits(h[hide], batch.modality[hide]).float()
             logp[hide] = logits.double().log_softmax(-1).gather(1, batch.ids[hide].unsqueeze(1)).squeeze(1)
             extra[todo] += 1
@@ -563,26 +572,3 @@ class Pipeline:
         num = checks.whole("num", num, 1)
         segments = self.conditioned(prompt, [Segment(m.name, content, role="edit", strength=strength, order=order)])
         return self.generate([segments] * num, **kwargs)
-
-
-HOLE = re.compile(r"<(mask|blank):(\d+)>")
-
-
-def parse_holes(template: str, modality: str) -> list[Segment]:
-    """Split a template into given segments and holes: ``<mask:N>`` is exactly N tokens to generate,
-    ``<blank:N>`` up to N (the model fills unused positions with BLANK, dropped on decode)."""
-    segments, pos = [], 0
-    for match in HOLE.finditer(template):
-        if match.start() > pos:
-            segments.append(Segment(modality, template[pos:match.start()]))
-        n = int(match.group(2))
-        if n < 1:
-            raise UnidiffError(f"hole {match.group(0)!r} at character {match.start()} must ask for at least 1 token")
-        segments.append(Segment(modality, role="generate", length=n, variable=match.group(1) == "blank"))
-        pos = match.end()
-    if pos < len(template):
-        segments.append(Segment(modality, template[pos:]))
-    if not any(seg.role == "generate" for seg in segments):
-        raise UnidiffError("the template has no hole to fill: mark one with <mask:N> (exactly N tokens) or "
-                           "<blank:N> (up to N), e.g. 'To be, <mask:12> be'")
-    return segments

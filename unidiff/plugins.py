@@ -34,7 +34,11 @@ from unidiff.modality import short_repr, vocab_size_problem
 GROUP = "unidiff"
 DISABLE_ENV = "UNIDIFF_DISABLE_PLUGINS"
 # Core modules that implement hooks themselves, registered like plugins but not through entry points.
-CORE_PLUGINS = ("unidiff.policies", "unidiff.schedules", "unidiff.architectures")
+# The core's own hook modules, registered first under these plugin names (what `unidiff plugins` lists and
+# UNIDIFF_DISABLE_PLUGINS takes; the policies' and architectures' names are older than their modules' places).
+CORE_PLUGINS = {"unidiff.policies": "unidiff.sampling.policies", "unidiff.process.schedules": "unidiff.process.schedules",
+                "unidiff.process.absorbing": "unidiff.process.absorbing",
+                "unidiff.architectures": "unidiff.models.architectures"}
 BUILTIN_PACKAGE = "unidiff"  # the distribution of the core and the built-in plugins, which register first
 # The core's own commands: a plugin's command may not take these names (nor be a group of that name).
 CORE_COMMANDS = frozenset({"train", "generate", "infill", "edit", "caption", "inpaint", "eval", "plugins"})
@@ -63,9 +67,9 @@ def get_plugin_manager() -> pluggy.PluginManager:
     pm.unidiff_broken = {}  # plugin name -> error text
     for name in disabled_plugins():
         pm.set_blocked(name)
-    for modname in CORE_PLUGINS:
+    for modname, module in CORE_PLUGINS.items():
         if not pm.is_blocked(modname):
-            pm.register(importlib.import_module(modname), name=modname)
+            pm.register(importlib.import_module(module), name=modname)
             pm.unidiff_info[modname] = PluginInfo(modname, BUILTIN_PACKAGE, _version(BUILTIN_PACKAGE), modname)
     seen = set()
     for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
@@ -124,9 +128,10 @@ class Registry:
         pm: a plugin manager; a fresh one from `get_plugin_manager()` when omitted.
     """
 
-    KINDS = ("modalities", "datasets", "models", "policies", "schedules", "architectures", "commands")
+    KINDS = ("modalities", "datasets", "models", "policies", "schedules", "processes", "architectures", "commands")
     SINGULAR = {"modalities": "modality", "datasets": "dataset", "models": "model", "policies": "policy",
-                "schedules": "schedule", "architectures": "architecture", "commands": "command"}
+                "schedules": "schedule", "processes": "process", "architectures": "architecture",
+                "commands": "command"}
 
     def __init__(self, pm: pluggy.PluginManager | None = None):
         self.pm = pm or get_plugin_manager()
@@ -187,13 +192,14 @@ class Registry:
                     "datasets": "a builder, builder(split) -> contents",
                     "policies": "a factory that returns a Policy (e.g. its class)",
                     "schedules": "a factory that returns a Schedule (e.g. its class)",
+                    "processes": "a factory that returns a Process (e.g. its class)",
                     "architectures": "a builder, build(cfg, layout, heads, grids) -> the denoiser"}[kind]
             return f"expected {what}; got {type(obj).__name__} {short_repr(obj)}"
         if kind == "datasets" and (not isinstance(meta.get("modality"), str) or not meta["modality"]):
             return f"a dataset is registered with the modality of its contents, register(name, builder, " \
                    f"modality='text'); got modality={short_repr(meta.get('modality'))}"
         if kind == "architectures":
-            from unidiff.architectures import config_problem
+            from unidiff.models.architectures import config_problem
 
             return config_problem(meta.get("config"))
         if kind == "modalities":
@@ -278,12 +284,28 @@ class Registry:
         except TypeError as e:
             raise UnidiffError(f"policy {name!r} does not take the options {sorted(options)}: {e}") from None
 
+    def process(self, name: str):
+        """A new noise process: the registered factory called with no arguments, checked to be a `Process`."""
+        from unidiff.process.base import Process
+
+        factory, _ = self._get("processes", name)
+        try:
+            process = factory()
+        except Exception as e:
+            raise PluginError(f"{self.describe(self.owner[('processes', name)])} could not build process {name!r}: "
+                              f"{type(e).__name__}: {e}; report it to the plugin's authors") from None
+        if not isinstance(process, Process):
+            raise PluginError(f"{self.describe(self.owner[('processes', name)])} built process {name!r} as "
+                              f"{type(process).__name__} {short_repr(process)}, which is not a unidiff.process."
+                              f"Process; report it to the plugin's authors")
+        return process
+
     def architecture(self, name: str) -> tuple[Callable[..., Any], dict]:
         """The builder of an architecture and its metadata (``config=`` its [model] dataclass)."""
         return self._get("architectures", name)
 
     def schedule_factory(self, name: str) -> Callable[..., Any]:
-        """The registered factory of a schedule, ``factory(**params)`` (`unidiff.schedules.get_schedule` builds
+        """The registered factory of a schedule, ``factory(**params)`` (`unidiff.process.schedules.get_schedule` builds
         it from a spec string)."""
         return self._get("schedules", name)[0]
 

@@ -42,3 +42,13 @@ def hashed_uniform(seed: torch.Tensor, step: int, stream: int, position: torch.T
     z = _mix(seed.long() * _GOLDEN + (step * 4 + stream))
     z = _mix(z ^ (position.long() * _M1 + _GOLDEN))
     return _srl(z, 11).double() * 2.0 ** -53
+
+
+#: Positions of the remasking stream from here on carry the noise a re-opened position takes (a process whose
+#: noise is a token, e.g. uniform noise, draws it from these; no row has 2**32 positions).
+NOISE_POSITIONS = 1 << 32
+
+
+def noise_uniform(seed: torch.Tensor, step: int, position: torch.Tensor) -> torch.Tensor:
+    """The uniforms a process may draw re-opened positions' noise from, independent of those that chose them."""
+    return hashed_uniform(seed, step, STREAM_REMASK, position + NOISE_POSITIONS)

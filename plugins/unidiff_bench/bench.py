@@ -37,13 +37,13 @@ import torch
 
 from unidiff.data import Segment, Tokens, collate, encode_docs, make_windows
 from unidiff.errors import UnidiffError
-from unidiff.evaluate import evaluate
-from unidiff.generate import Generation, Pipeline
-from unidiff.modality import checked_decode, checked_encode, optional, sample_metrics
-from unidiff.policies import Confidence
-from unidiff.sampling import sample
-from unidiff.schedules import get_schedule
-from unidiff.stream import sample_stream
+from unidiff.training.evaluate import evaluate
+from unidiff.pipeline import Generation, Pipeline
+from unidiff.modality import checked_decode, checked_encode, grids_of, optional, sample_metrics
+from unidiff.sampling.policies import Confidence
+from unidiff.sampling.loop import sample
+from unidiff.process.schedules import get_schedule
+from unidiff.sampling.stream import sample_stream
 from unidiff_bench.judge import Judge
 
 
@@ -56,7 +56,7 @@ class Setting:
     policy: str = "confidence"
     temperature: float = 1.0
     block_length: int | None = None
-    cache: bool | str = False  # True or "dual", "delta" (see unidiff.kvcache)
+    cache: bool | str = False  # True or "dual", "delta" (see unidiff.models.kvcache)
 
     @property
     def label(self) -> str:
@@ -154,9 +154,10 @@ def score(pipe: Pipeline, contents: list, samples: int = 4) -> float:
     windows, each from its own start (`Windows.tiles`)."""
     modality = pipe.modality(None)
     docs = encode_docs(contents, modality, pipe.layout)
-    windows = make_windows(docs, pipe.max_len, pipe.layout, modality.name)
+    windows = make_windows(docs, pipe.max_len, pipe.layout, modality.name, grids=grids_of(pipe.modalities.values()))
     schedule = get_schedule(pipe.config.get("training", {}).get("train", {}).get("schedule", "linear"))
-    result = evaluate(pipe.model, windows, schedule, batch_size=16, samples=samples, amp_dtype=pipe.amp_dtype)
+    result = evaluate(pipe.model, windows, schedule, batch_size=16, samples=samples, amp_dtype=pipe.amp_dtype,
+                      process=pipe.process)
     return result.bits_per_token[modality.name]
 
 
@@ -301,15 +302,14 @@ def _rescale(pipe: Pipeline, sizes: dict) -> None:
     d_model, n_layers, n_heads): the same kind, vocabulary, heads and context."""
     import dataclasses
 
-    from unidiff.model import Denoiser
-    from unidiff.modality import grids_of, make_head
+    from unidiff.models.architectures import build_denoiser
 
     old = pipe.model
     try:
         cfg = dataclasses.replace(old.cfg, **sizes)
-        mods = [pipe.modalities[name] for name in old.layout.names]
         torch.manual_seed(0)
-        model = Denoiser(cfg, old.layout, {m.name: make_head(m, cfg.d_model) for m in mods}, grids_of(mods))
+        model = build_denoiser(cfg, old.layout, {name: pipe.modalities[name] for name in old.layout.names},
+                               pipe.registry)
     except (TypeError, ValueError) as e:
         raise UnidiffError(f"--scale: {e}; use model fields such as d_model=768,n_layers=12,n_heads=12") from None
     pipe.model = model.to(next(old.parameters()).device).eval()
@@ -382,7 +382,7 @@ def _stream_vs_static(bench: Bench, length: int, batch: int,
 
 
 def _with_int8(pipe: Pipeline, fn) -> float:
-    from unidiff.quantize import quantize_int8
+    from unidiff.models.quantize import quantize_int8
 
     saved = pipe.model.blocks
     try:

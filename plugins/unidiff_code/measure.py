@@ -30,8 +30,8 @@ import torch
 
 from unidiff.cli import Parser
 from unidiff.data import Segment, Tokens
-from unidiff.evaluate import evaluate_model
-from unidiff.generate import Pipeline
+from unidiff.training.evaluate import evaluate_model
+from unidiff.pipeline import Pipeline
 from unidiff.plugins import Registry
 from unidiff.report import markdown_table, stamp
 from unidiff_code.corpus import functions, module_files, read_source

@@ -88,7 +88,7 @@ class DnaModality:
 
     def mirror(self) -> list[int]:
         """The complement of each id (A<->T, C<->G, N->N): with the sequence read backwards, the reverse-complement
-        strand, which `unidiff.symmetry` uses for strand-symmetric sampling (``--symmetric``)."""
+        strand, which `unidiff.models.symmetry` uses for strand-symmetric sampling (``--symmetric``)."""
         return [ALPHABET.index(c) for c in "TGCAN"]
 
     def options(self) -> dict:

@@ -27,8 +27,9 @@ import torch
 
 from unidiff.cli import Parser
 from unidiff.data import Segment, encode_docs, make_windows
-from unidiff.evaluate import evaluate_model
-from unidiff.generate import Pipeline
+from unidiff.modality import grids_of
+from unidiff.training.evaluate import evaluate_model
+from unidiff.pipeline import Pipeline
 from unidiff.plugins import Registry
 from unidiff.report import markdown_table, stamp
 from unidiff_dna.classify import KmerClassifier
@@ -55,7 +56,8 @@ def held_out_tiles(pipe: Pipeline, registry: Registry) -> list[str]:
     builder, meta = registry.dataset(data["dataset"])
     dna = pipe.modalities[meta["modality"]]
     docs = builder(data["eval_split"])
-    w = make_windows(encode_docs(docs, dna, pipe.layout), data["seq_len"], pipe.layout, dna.name)
+    w = make_windows(encode_docs(docs, dna, pipe.layout), data["seq_len"], pipe.layout, dna.name,
+                     grids=grids_of(pipe.modalities.values()))
     capacity = data["seq_len"] - 2 * w.wrap
     ends = w.doc_end[torch.searchsorted(w.doc_end, w.tile_starts, right=True)]
     start = pipe.layout.block(dna.name).start

@@ -45,8 +45,8 @@ def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int | None, 
     """ELBO (bits) of the word given the context: in a fixed hole of its own length (``hole`` None), or in a
     variable-length hole of ``hole`` positions, filled canonically (the word, then blanks)."""
     from unidiff.data import Batch, Segment, encode_row
-    from unidiff.evaluate import batch_elbo
-    from unidiff.schedules import get_schedule
+    from unidiff.training.objectives import batch_elbo
+    from unidiff.process.schedules import get_schedule
 
     layout, m = pipe.layout, pipe.modalities["text"]
     row = encode_row([Segment("text", prefix), Segment("text", word), Segment("text", suffix)], layout,
@@ -61,14 +61,15 @@ def span_elbo_bits(pipe, prefix: str, word: str, suffix: str, hole: int | None, 
     L = x0.shape[1]
     batch = Batch(x0, torch.full_like(x0, int(row.modality[0])), torch.arange(L).expand(samples, L).clone(),
                   torch.zeros_like(span), span, None, None if hole is None else span)
-    sums, _ = batch_elbo(pipe.model, batch, get_schedule("linear"), torch.Generator().manual_seed(seed))
+    sums, _ = batch_elbo(pipe.model, batch, get_schedule("linear"), torch.Generator().manual_seed(seed),
+                         process=pipe.process)
     return float(sums.sum() / samples) / math.log(2)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m unidiff_text.infilling") -> None:
     from unidiff import Pipeline
     from unidiff.cli import Parser
-    from unidiff.generate import parse_holes
+    from unidiff.data import parse_holes
     from unidiff.report import write_table
 
     p = Parser(prog=prog, description=__doc__.split("\n\n")[0])

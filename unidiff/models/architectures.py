@@ -5,7 +5,7 @@ A model's ``[model]`` config (and the ``"model"`` entry of its config.json) name
 architecture is registered as ``register(name, build, config=ConfigClass)``: ``ConfigClass`` is a dataclass whose
 fields are the ``[model]`` keys, one to one (it must have ``architecture``, ``kind``, ``max_len`` and ``d_model``);
 ``build(cfg, layout, heads, grids)`` returns an ``nn.Module`` that keeps the `Denoiser` contract. The built-in
-transformer (`unidiff.model.Denoiser`) is registered here as ``"transformer"``.
+transformer (`unidiff.models.transformer.Denoiser`) is registered here as ``"transformer"``.
 
 What the engine needs of a denoiser is `Denoiser`: training, evaluation, sampling (guidance, strand symmetry,
 holes) and checkpoints use only these members. The approximate key/value caches and ``--quantize int8`` reach
@@ -24,8 +24,8 @@ from torch import nn
 from unidiff.errors import PluginError, UnidiffError
 from unidiff.hookspecs import hookimpl
 from unidiff.modality import Modality, grids_of, make_head
-from unidiff.model import Denoiser as Transformer
-from unidiff.model import KINDS, ModelConfig
+from unidiff.models.transformer import Denoiser as Transformer
+from unidiff.models.transformer import KINDS, ModelConfig
 from unidiff.vocab import VocabLayout
 
 DEFAULT = "transformer"
@@ -121,7 +121,7 @@ def validate_config(cfg: Any) -> Any:
     types, ``kind``, ``max_len`` and ``d_model``, then its own ``validate()`` if it has one."""
     if isinstance(cfg, ModelConfig):
         return cfg.validate()
-    from unidiff.config import check_types
+    from unidiff.training.config import check_types
 
     check_types("model", cfg)
     if cfg.kind not in KINDS:
@@ -148,7 +148,7 @@ def build_denoiser(cfg: Any, layout: VocabLayout, modalities: Mapping[str, Modal
         if not isinstance(model, nn.Module) or missing or getattr(model, "layout", None) is not layout \
                 or getattr(model, "cfg", None) is not cfg:
             raise PluginError(f"architecture {arch.name!r} built {type(model).__name__}, which does not keep the "
-                              f"denoiser contract (unidiff.architectures.Denoiser: an nn.Module with cfg and layout "
+                              f"denoiser contract (unidiff.models.architectures.Denoiser: an nn.Module with cfg and layout "
                               f"as given, features, logits and num_params"
                               f"{'; it lacks ' + ', '.join(missing) if missing else ''}); report it to its authors")
     return model

@@ -52,7 +52,7 @@ class KVStore:
             self.reset(slots)
 
     def features(self, model, slots: torch.Tensor, block: torch.Tensor, ids, modality, positions,
-                 pad_mask, hole=None) -> torch.Tensor:
+                 pad_mask, hole=None, cells=None) -> torch.Tensor:
         """(b, L, d) features of these slots' rows: a full pass (that refills the store) for slots that need one,
         the ``block`` positions (the caller's; for "delta" also the positions whose ids changed since stored) for
         the others, the rest of the state left zero."""
@@ -60,7 +60,9 @@ class KVStore:
         fresh = self.fresh[slots.cpu()]
         h = None
         full, part = (~fresh).nonzero().squeeze(1), fresh.nonzero().squeeze(1)
-        hole_of = (lambda i: {}) if hole is None else (lambda i: {"hole": hole[i]})
+        def hole_of(i):  # the rows' hole marks and grid cells, where the batch has them
+            return {name: t[i] for name, t in (("hole", hole), ("cells", cells)) if t is not None}
+
         if len(full):
             kv = [{} for _ in model.blocks]
             hf = model.features(ids[full], modality[full], positions[full], pad_mask[full], kv=kv, **hole_of(full))

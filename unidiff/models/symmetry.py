@@ -60,7 +60,7 @@ class Mirrored(nn.Module):
             index = torch.where(content, first.unsqueeze(1) + last.unsqueeze(1) - j, index)
         return index
 
-    def features(self, ids, modality, positions=None, pad_mask=None, hole=None) -> torch.Tensor:
+    def features(self, ids, modality, positions=None, pad_mask=None, hole=None, cells=None) -> torch.Tensor:
         """(B, L, 2d): the model's features on the rows and, aligned back position by position, on their mirrors."""
         if hole is not None:  # a mirrored hole holds its fill last, not first: not the arrangement models learn
             raise UnidiffError("symmetric sampling does not take variable-length holes (<blank:N>); use <mask:N> "
@@ -69,7 +69,8 @@ class Mirrored(nn.Module):
         mirrored = self.perm.to(ids.device)[ids.gather(1, index)]
         h = self.model.features(torch.cat([ids, mirrored]), modality.repeat(2, 1),
                                 None if positions is None else positions.repeat(2, 1),
-                                None if pad_mask is None else pad_mask.repeat(2, 1))
+                                None if pad_mask is None else pad_mask.repeat(2, 1),
+                                **({} if cells is None else {"cells": cells.repeat(2, 1)}))
         fwd, back = h.chunk(2)
         back = back.gather(1, index.unsqueeze(-1).expand_as(back))
         return torch.cat([fwd, back], dim=-1)

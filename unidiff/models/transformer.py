@@ -2,8 +2,8 @@
 made causal: ``ModelConfig.kind = "autoregressive"``).
 
 Notable choices: rotary position embeddings on explicit ``positions`` (the sequence order), learned row and column
-embeddings for the tokens of a modality laid out on a 2-D grid (VQ image codes, see `grid_cells`), a learned
-modality embedding added to the token embedding, PyTorch's
+embeddings for the tokens of a modality laid out on a 2-D grid (VQ image codes; their cells come from the data
+layer, ``Batch.cells``), a learned modality embedding added to the token embedding, PyTorch's
 ``scaled_dot_product_attention`` with a key-padding mask, and one output head per modality (supplied by its
 plugin) whose logits land in that modality's id range; every other id gets -inf. No time conditioning: with the
 absorbing process the clean-token posterior does not depend on t (MDLM). The model knows nothing of tokenizers
@@ -35,7 +35,7 @@ class ModelConfig:
     # "diffusion": bidirectional denoiser; "autoregressive": the same network with a causal mask whose output at
     # position j is computed from positions < j (the baseline diffusion is compared with, see `Denoiser.features`).
     kind: str = "diffusion"
-    architecture: str = "transformer"  # see unidiff.architectures
+    architecture: str = "transformer"  # see unidiff.models.architectures
 
     def validate(self) -> "ModelConfig":
         """Check every field's type and range (a config.json may hold anything); raises `UnidiffError` naming
@@ -83,21 +83,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-def grid_cells(ids: torch.Tensor, modality: torch.Tensor, index: int, bos: int, eos: int, cells: int) -> torch.Tensor:
-    """(B, L) ids and modality indices -> (B, L) cell number k (raster order) of each token of a grid modality's run,
-    -1 elsewhere. A run starts after its BOS marker (at position 0 in a model without markers); k counts the
-    tokens since, and only the first ``cells`` of a run lie on the grid."""
-    L = ids.shape[1]
-    j = torch.arange(L, device=ids.device).expand_as(ids)
-    last_bos = torch.where(ids == bos, j, torch.full_like(j, -1)).cummax(dim=1).values
-    k = j - last_bos - 1
-    on = (modality == index) & (ids != bos) & (ids != eos) & (k < cells)
-    return torch.where(on, k, torch.full_like(k, -1))
-
-
 class GridEmbedding(nn.Module):
     """Learned row + column embeddings of a grid of ``rows`` x ``cols`` tokens (2-D positions): added to the input
-    of each token that `grid_cells` places on the grid."""
+    of each token the data layer places on the grid (``Batch.cells``, see `unidiff.data.rows.cells_of`)."""
 
     def __init__(self, rows: int, cols: int, d_model: int):
         super().__init__()
@@ -208,27 +196,33 @@ class Denoiser(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, ids: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, L, d): token + modality embeddings, plus row/column embeddings on grid modalities."""
+    def embed(self, ids: torch.Tensor, modality: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) -> (B, L, d): token + modality embeddings, plus row/column embeddings at the grid ``cells`` the
+        data layer gives (``Batch.cells``) on grid modalities."""
         x = self.tok_emb(ids) + self.mod_emb(modality)
+        if len(self.grids) and cells is None:
+            raise UnidiffError("a model with grid modalities needs each token's cell from the data layer "
+                               "(Batch.cells, from unidiff.data.cells_of): pass cells= to features")
         for name, grid in self.grids.items():
-            b = self.layout.blocks[name]
-            x = x + grid(grid_cells(ids, modality, b.index, b.bos, b.eos, grid.rows * grid.cols)).to(x.dtype)
+            index = self.layout.blocks[name].index
+            x = x + grid(torch.where(modality == index, cells, -1)).to(x.dtype)
         return x
 
     def features(self, ids: torch.Tensor, modality: torch.Tensor, positions: torch.Tensor | None = None,
                  pad_mask: torch.Tensor | None = None, hole: torch.Tensor | None = None,
-                 kv: list[dict] | None = None, span: torch.Tensor | None = None) -> torch.Tensor:
+                 kv: list[dict] | None = None, span: torch.Tensor | None = None,
+                 cells: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) ids, modality indices, positions, bool padding -> (B, L, d_model) final hidden states.
 
-        ``hole`` ((B, L) bool) marks the positions of variable-length holes, on a model whose layout has BLANK.
+        ``hole`` ((B, L) bool) marks the positions of variable-length holes, on a model whose layout has BLANK;
+        ``cells`` ((B, L) long) the raster cell of each token of a grid modality (-1 elsewhere; `Batch.cells`).
 
         Approximate key/value caching (a bidirectional model, Fast-dLLM's "dual cache"): with ``kv`` (one dict per
         layer) and no ``span``, the pass also stores every layer's keys and values there; with ``span`` ((B, n)
         position indices) it computes those n positions only, as (B, n, d_model), attending to the stored keys and
         values of every other position, and leaves in ``kv`` each layer's keys and values with the span's fresh
         ones scattered in (the caller may store them: the sampler's delta cache does). Exact only while the other
-        positions are unchanged since they were stored (see `unidiff.kvcache` for the sampler's two policies; their
+        positions are unchanged since they were stored (see `unidiff.models.kvcache` for the sampler's two policies; their
         cost is measured in bench/).
         """
         B, L = ids.shape
@@ -246,13 +240,13 @@ class Denoiser(nn.Module):
         if causal:
             tril = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
             attn_mask = tril if attn_mask is None else attn_mask & tril
-        x = self.embed(ids, modality)
+        x = self.embed(ids, modality, cells)
         if hole is not None:
             if self.hole_emb is None:
                 raise UnidiffError("variable-length holes need a model trained with them (data.holes > 0), and "
                                    "this one was not: use fixed-length holes (<mask:N>)")
             x = x + hole.unsqueeze(-1).to(x.dtype) * self.hole_emb
-        if span is not None:  # the whole row was embedded (grid cells need it); keep the span's positions
+        if span is not None:  # the whole row was embedded; keep the span's positions
             x = x.gather(1, span.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, attn_mask, kv=None if kv is None else kv[i], span=span)
@@ -310,6 +304,7 @@ class Denoiser(nn.Module):
             out[..., self.layout.blank] = score if blank is True else score.masked_fill(~blank, float("-inf"))
         return out
 
-    def forward(self, ids, modality, positions=None, pad_mask=None) -> torch.Tensor:
-        """(B, L) -> (B, L, V) logits."""
-        return self.logits(self.features(ids, modality, positions, pad_mask), modality)
+    def forward(self, ids, modality, positions=None, pad_mask=None, cells=None) -> torch.Tensor:
+        """(B, L) -> (B, L, V) logits at every position (for tests and debugging; the engine reads out only where
+        it needs to)."""
+        return self.logits(self.features(ids, modality, positions, pad_mask, cells=cells), modality)

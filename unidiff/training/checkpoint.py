@@ -28,12 +28,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unidiff import architectures
-from unidiff.config import SampleConfig
+from unidiff.models import architectures
+from unidiff.training.config import SampleConfig
 from unidiff.errors import CheckpointError, PluginError, UnidiffError, UnknownNameError
 from unidiff.fs import fsync_path
 from unidiff.modality import Modality, make_head
-from unidiff.model import Denoiser, ModelConfig
+from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.plugins import DISABLE_ENV, Registry
 from unidiff.vocab import VocabLayout
 
@@ -209,7 +209,7 @@ def build_modalities(config: dict, registry: Registry) -> dict[str, Modality]:
 
 def model_config(config: dict, path: Path, registry: Registry | None = None) -> Any:
     """The checkpoint's ``model`` entry as its architecture's config, checked key by key
-    (`unidiff.architectures.model_config`)."""
+    (`unidiff.models.architectures.model_config`)."""
     bad = f"{path} is missing or has a malformed entry"
     entry = config.get("model")
     if not isinstance(entry, dict):

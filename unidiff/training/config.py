@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unidiff.architectures import DEFAULT, architecture, validate_config
+from unidiff.models.architectures import DEFAULT, architecture, validate_config
 from unidiff.checks import MAX_GUIDANCE, MAX_TEMPERATURE
 from unidiff.errors import UnidiffError
-from unidiff.model import KINDS, ModelConfig
+from unidiff.models.transformer import KINDS, ModelConfig
+from unidiff.training.objectives import objective_of
 
 
 @dataclass
@@ -49,7 +50,8 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     ema: float = 0.999  # 0 disables EMA
-    schedule: str = "linear"  # masking schedule (see unidiff.schedules)
+    schedule: str = "linear"  # masking schedule (see unidiff.process.schedules)
+    process: str = "absorbing"  # noise process (see unidiff.process; plugins add more: register_processes)
     eval_every: int = 250
     eval_windows: int = 256  # held-out windows per periodic evaluation
     save_every: int = 250
@@ -141,9 +143,9 @@ class Config:
                                f"{t.save_dtype!r}")
         if not t.out_dir.strip():
             raise UnidiffError("config key train.out_dir is empty: name the folder the run writes, e.g. runs/mine")
-        if (d.cond_target or d.cond_hole) and m.kind == "autoregressive":
+        if (d.cond_target or d.cond_hole) and not objective_of(m).fills_holes:
             raise UnidiffError("data.cond_target and data.cond_hole need model.kind = \"diffusion\"")
-        if d.holes and m.kind == "autoregressive":
+        if d.holes and not objective_of(m).fills_holes:
             raise UnidiffError("data.holes needs model.kind = \"diffusion\": an autoregressive model fills no holes")
         if d.hole_max < 1:
             raise UnidiffError(f"config key data.hole_max must be at least 1; got {d.hole_max}")

@@ -31,18 +31,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unidiff.architectures import build_denoiser
-from unidiff.checkpoint import atomic_dir, init_weights, load_weights, read_config, recover, write_model
-from unidiff.config import Config
+from unidiff.models.architectures import build_denoiser
+from unidiff.training.checkpoint import atomic_dir, init_weights, load_weights, read_config, recover, write_model
+from unidiff.training.config import Config
 from unidiff.data import condition_modality, encode_conditions, encode_docs, make_holes, make_windows
 from unidiff.device import precision_name, resolve_device, resolve_precision
 from unidiff.errors import CheckpointError, UnidiffError
-from unidiff.evaluate import EvalResult, batch_loss, evaluate
+from unidiff.training.evaluate import EvalResult, evaluate
+from unidiff.training.objectives import batch_loss, objective_of
 from unidiff.fs import OutputError, atomic_write, ensure_writable, folder_lock, os_error, write_bytes, writes_here
-from unidiff.modality import Modality
-from unidiff.model import Denoiser
+from unidiff.modality import Modality, grids_of
+from unidiff.models.transformer import Denoiser
 from unidiff.plugins import Registry
-from unidiff.schedules import get_schedule
+from unidiff.process import get_process
+from unidiff.process.schedules import get_schedule
 from unidiff.vocab import VocabLayout
 
 STATE = "training_state.pt"
@@ -106,11 +108,12 @@ def _train(cfg: Config, registry: Registry, modality: Modality | None, train_doc
            eval_docs: list | None, out: Path, t_start: float) -> TrainResult:
     """The run itself, in an out_dir that this process holds locked."""
     tc = cfg.train
+    schedule = get_schedule(tc.schedule)
+    process = get_process(tc.process, registry)  # an unknown name is refused before any data is read
     if train_docs is None:
         modality, train_docs, eval_docs = load_dataset(cfg, registry)
     device = resolve_device(tc.device)
     amp = resolve_precision(tc.precision, device, cpu_bf16=True)
-    schedule = get_schedule(tc.schedule)
 
     modalities = {modality.name: modality}
     cond_name = condition_modality(train_docs)  # conditions may be of another modality, e.g. a class name as text
@@ -120,11 +123,12 @@ def _train(cfg: Config, registry: Registry, modality: Modality | None, train_doc
     # An autoregressive model's rows start with BOS: its first token is predicted from BOS, not from nothing.
     layout = VocabLayout({m.name: m.vocab_size for m in modalities.values()},
                          blank=cfg.data.holes > 0 or cfg.data.cond_hole > 0,
-                         markers=cfg.model.kind == "autoregressive")
+                         markers=objective_of(cfg.model).markers)
+    grids = grids_of(modalities.values())  # the 2-D cells of grid modalities' tokens come with the rows
     train_w = make_windows(encode_docs(train_docs, modality, layout), cfg.data.seq_len, layout, modality.name,
-                           encode_conditions(train_docs, cond_modality, layout), cond_name, cfg.data.cond_hole)
-    eval_w = make_windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout, modality.name) \
-        if eval_docs else None
+                           encode_conditions(train_docs, cond_modality, layout), cond_name, cfg.data.cond_hole, grids)
+    eval_w = make_windows(encode_docs(eval_docs, modality, layout), cfg.data.seq_len, layout, modality.name,
+                          grids=grids) if eval_docs else None
 
     torch.manual_seed(tc.seed)
     model = build_denoiser(cfg.model, layout, {m.name: m for m in modalities.values()}, registry)
@@ -169,7 +173,7 @@ def _train(cfg: Config, registry: Registry, modality: Modality | None, train_doc
                                cfg.data.content_given)
         if cfg.data.holes:
             batch = make_holes(batch, layout.blank, cfg.data.holes, cfg.data.hole_max, generator)
-        sums, counts = batch_loss(model, batch.to(device), schedule, generator, amp)
+        sums, counts = batch_loss(model, batch.to(device), schedule, generator, amp, process=process)
         loss = sums.sum() / counts.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,7 +193,7 @@ def _train(cfg: Config, registry: Registry, modality: Modality | None, train_doc
         bar.set_postfix(bits=f"{loss_value / math.log(2):.3f}", gnorm=f"{norm:.2f}")
         done = step == tc.steps
         if eval_w is not None and (step % tc.eval_every == 0 or done):
-            last_eval = evaluate(ema, eval_w, schedule, tc.batch_size, tc.eval_windows, amp_dtype=amp)
+            last_eval = evaluate(ema, eval_w, schedule, tc.batch_size, tc.eval_windows, amp_dtype=amp, process=process)
             record = {"step": step, "elapsed_s": round(time.time() - t_start, 1),
                       "eval_bits_per_token": last_eval.bits_per_token, "train_bits": loss_value / math.log(2)}
             _append_log(out / "log.jsonl", record)

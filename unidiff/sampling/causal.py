@@ -1,5 +1,5 @@
 """Autoregressive decoding: a model of the autoregressive kind drawn left to right with its exact key/value cache,
-with the uniforms `unidiff.sampling.sample` would use, so the same tokens at a fraction of the cost."""
+with the uniforms `unidiff.sampling.loop.sample` would use, so the same tokens at a fraction of the cost."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from unidiff import checks
 from unidiff.data import Batch
 from unidiff.device import autocast
-from unidiff.model import Denoiser
+from unidiff.models.transformer import Denoiser
 from unidiff.rng import STREAM_TOKEN, hashed_uniform
-from unidiff.sampling import SampleOutput, propose
+from unidiff.sampling.loop import SampleOutput
+from unidiff.sampling.proposals import propose
 from unidiff.vocab import MASK
-from unidiff.widths import cut_to_width, row_widths
+from unidiff.models.widths import cut_to_width, row_widths
 
 
 @torch.no_grad()

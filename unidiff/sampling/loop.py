@@ -1,13 +1,15 @@
 """The sampling loop: iterative parallel unmasking of a batch, visible in one function (`sample`).
 
-Every position to generate starts as MASK; given positions (a prompt, the other segments) are clamped and never
-change. The targets of a row decode in *groups*: by default one per row; segments with their own policy, steps or
+Every position to generate starts as the noise process's noise (MASK under the built-in absorbing process; see
+`unidiff.process`) and is *open* until a step decides it; given positions (a prompt, the other segments) are
+clamped and never change. The targets of a row decode in *groups*: by default one per row; segments with their own policy, steps or
 schedule (``batch.group``, see `GroupSpec`) form their own, decoded concurrently with the rest of the row, and
 with ``block_length`` each group is cut, left to right, into blocks decoded one after the other (LLaDA's
 semi-autoregressive order), each with its share of the group's steps and its own time grid. Step k of a block
 with S steps walks the reverse process from t = 1 - k/S to s = 1 - (k+1)/S on its schedule. Each step:
 
-1. computes each group's budget: ``p_unmask = (alpha(s) - alpha(t)) / (1 - alpha(t))``, the probability that
+1. computes each group's budget (the process's `Process.budget`; absorbing:
+   ``p_unmask = (alpha(s) - alpha(t)) / (1 - alpha(t))``, the probability that
    the reverse process reveals a masked position now (ancestral sampling), and ``n_commit``, the count that
    leaves ``floor(N (1 - alpha(s)))`` of the block's N positions masked (confidence-style policies);
 2. with remasking (ReMDM, rescaled), re-masks each token the block has already committed with probability
@@ -43,61 +45,17 @@ from unidiff import checks
 from unidiff.data import Batch
 from unidiff.device import autocast
 from unidiff.errors import UnidiffError
-from unidiff.model import Denoiser
-from unidiff.policies import Policy, StepContext, quantise_prob, top_n
-from unidiff.rng import STREAM_POLICY, STREAM_REMASK, STREAM_TOKEN, hashed_uniform
-from unidiff.kvcache import KVStore, cache_mode
-from unidiff.schedules import Schedule, get_schedule
+from unidiff.models.kvcache import KVStore, cache_mode
+from unidiff.models.readout import Guided, Passes, Readout, Rows
+from unidiff.models.transformer import Denoiser
+from unidiff.models.widths import cut_to_width, row_widths
+from unidiff.process import Process, get_process
+from unidiff.process.schedules import Schedule, get_schedule
+from unidiff.rng import STREAM_POLICY, STREAM_REMASK, STREAM_TOKEN, hashed_uniform, noise_uniform
+from unidiff.sampling.policies import Policy, StepContext, quantise_prob, top_n
+from unidiff.sampling.proposals import propose
+from unidiff.training.objectives import objective_of
 from unidiff.vocab import MASK
-from unidiff.widths import by_width, cut_to_width, row_widths
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """(N, V) logits with everything outside the top-k ids and outside the top-p nucleus set to -inf."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # Drop an id when the ids ranked above it already hold top_p of the mass (the first id always stays).
-        drop_sorted = probs.cumsum(-1) - probs >= top_p
-        drop_sorted[..., 0] = False  # even when top_p rounds to 0 in float32
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def propose(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-            top_p: float = 1.0, probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of ``logits`` by inverse-CDF sampling.
-
-    Args:
-        logits: (N, V) float logits; -inf marks ids that may not be drawn.
-        uniform: (N,) uniforms in [0, 1), one per draw.
-        temperature: 0 takes the argmax (ties to the lowest id).
-        probs: ``logits.float().softmax(-1)`` if the caller has it already.
-    Returns:
-        (tokens, confidence): (N,) ids and their probability under the model (softmax of the raw logits).
-    """
-    logits = logits.float()  # float32: the per-step work over the vocabulary is a large part of a step's cost
-    probs = logits.softmax(-1) if probs is None else probs
-    if temperature == 0:
-        tokens = logits.argmax(-1)
-    else:
-        if temperature == 1 and top_k == 0 and top_p == 1:
-            draw = probs
-        else:
-            # Shift each row's maximum to 0 before dividing, and never divide by less than float32's smallest
-            # normal number: a temperature that tiny is the greedy limit, and the draw must stay finite there.
-            shifted = logits - logits.amax(-1, keepdim=True)
-            draw = filter_logits(shifted / max(temperature, torch.finfo(torch.float32).tiny), top_k, top_p).softmax(-1)
-        cdf = draw.cumsum(-1)
-        # First id whose cumulative mass exceeds u * total: ids of zero mass can never be drawn.
-        total = cdf[:, -1:].contiguous()
-        tokens = torch.searchsorted(cdf, uniform.unsqueeze(1).to(cdf.dtype) * total, right=True).squeeze(1)
-        # Guard u * total rounding up to total: never past the last id of positive mass, the first to reach it.
-        tokens = torch.minimum(tokens, torch.searchsorted(cdf, total).squeeze(1))
-    return tokens, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
 @dataclass
@@ -122,21 +80,6 @@ class SampleOutput:
         return float(self.generated.sum()) / max(self.seconds, 1e-9)
 
 
-def step_budget(n_targets: torch.Tensor, steps: torch.Tensor, k: int | torch.Tensor, schedule: Schedule,
-                remask: float = 0.0):
-    """For groups with N targets and S steps at step k (an int, or one per group): (p_unmask, n_left_masked,
-    sigma) after the step, as (G,) tensors. ``sigma`` is the probability of re-masking a committed token
-    (``remask`` times ReMDM's largest admissible value); ``p_unmask`` already includes the matching rise."""
-    S = steps.double().clamp(min=1)
-    t = (1.0 - k / S).clamp(0, 1)
-    s = (1.0 - (k + 1) / S).clamp(0, 1)
-    m_t, m_s = schedule.mask_prob(t), schedule.mask_prob(s)  # 1 - alpha, the masked fractions
-    sigma = remask * torch.where(m_t < 1, m_s / (1 - m_t).clamp(min=1e-12), torch.zeros_like(m_s)).clamp(0, 1)
-    p_unmask = ((m_t - m_s + sigma * (1 - m_t)) / m_t.clamp(min=1e-12)).clamp(0, 1)
-    left = torch.floor(n_targets.double() * m_s + 1e-6).long()
-    return p_unmask, left, sigma
-
-
 @dataclass
 class GroupSpec:
     """Sampling settings of the targets whose ``batch.group`` is this spec's number (1 for the first spec).
@@ -152,10 +95,6 @@ class GroupSpec:
     schedule: Schedule | str | None = None
 
 
-def _logits(model, h, modality, blank):
-    return model.logits(h, modality) if blank is None else model.logits(h, modality, blank=blank)
-
-
 def _scatter_sum(index: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=torch.long, device=index.device).index_add_(0, index, values.long())
 
@@ -167,7 +106,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
            block_length: int | None = None, remask: float = 0.0, guidance: float = 1.0,
            groups: Sequence[GroupSpec] = (), cache: bool | str = False,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-           progress: Callable[[int], None] | None = None) -> SampleOutput:
+           progress: Callable[[int], None] | None = None, process: Process | str = "absorbing") -> SampleOutput:
     """Generate the target positions of ``batch``.
 
     Args:
@@ -175,7 +114,7 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
         batch: rows to complete; ``batch.targets`` marks the positions to generate, every other non-pad position
             is given and stays as it is. ``batch.group`` (optional) puts targets in groups: 0 follows this call's
             settings, g >= 1 follows ``groups[g - 1]``. ``batch.blank_ok`` marks positions that may become BLANK.
-        policy: which masked positions each step commits (see `unidiff.policies`).
+        policy: which masked positions each step commits (see `unidiff.sampling.policies`).
         steps: sampling steps per row (an int for all rows, or one per row); None gives one step per generated
             token. A group never takes more steps than it has targets.
         seeds: one seed per row, or an int: row b then gets seed + b.
@@ -194,18 +133,19 @@ def sample(model: Denoiser, batch: Batch, policy: Policy, steps: int | Sequence[
             blocks as they stood when the block began). With ``block_length`` a step then costs about
             block_length / L of a full pass; without, only the given positions are cached. ``cache="delta"``
             never runs a full pass after the first: each step computes the block and the positions whose tokens
-            changed since they were stored, and stores them (see `unidiff.kvcache`). Neither is exact: their
+            changed since they were stored, and stores them (see `unidiff.models.kvcache`). Neither is exact: their
             quality cost is measured in bench/.
         callback: called after every step with (k, rows, x): the step index, the rows that took part and the
             whole (B, L) batch of ids so far (MASK where still masked); for tracing the denoising trajectory.
         progress: called after every step with the number of target tokens committed so far (a progress bar).
+        process: the noise process the model was trained with (a name or a `Process`; default absorbing).
     """
     device = next(model.parameters()).device
     batch = batch.to(device)
     B, L = batch.ids.shape
     sampler = Sampler(model, policy, B, L, temperature=temperature, top_k=top_k, top_p=top_p, schedule=schedule,
                       amp_dtype=amp_dtype, block_length=block_length, remask=remask, guidance=guidance,
-                      groups=groups, cache=cache)
+                      groups=groups, cache=cache, process=process)
     if isinstance(seeds, int):
         seeds = seeds + torch.arange(B)
     slots = torch.arange(B, device=device)
@@ -238,13 +178,15 @@ class Sampler:
     def __init__(self, model: Denoiser, policy: Policy, slots: int, width: int, *, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, schedule: Schedule | str = "linear",
                  amp_dtype: torch.dtype | None = None, block_length: int | None = None, remask: float = 0.0,
-                 guidance: float = 1.0, groups: Sequence[GroupSpec] = (), cache: bool | str = False):
+                 guidance: float = 1.0, groups: Sequence[GroupSpec] = (), cache: bool | str = False,
+                 process: Process | str = "absorbing"):
         temperature, top_k, top_p = checks.proposal(temperature, top_k, top_p)
         remask = checks.real("remask", remask, 0, 1)  # 0: off
         guidance = checks.real("guidance", guidance, 0, checks.MAX_GUIDANCE)  # 1: off, 0: unconditional
         block_length = checks.optional(checks.whole, "block_length", block_length, 1, checks.MAX_COUNT)
         self.model, self.temperature, self.top_k, self.top_p = model, temperature, top_k, top_p
         self.amp_dtype, self.remask, self.guidance = amp_dtype, remask, guidance
+        self.process = get_process(process)
         self.device = device = next(model.parameters()).device
         self.S, self.L = slots, width
         # The settings table: entry 0 is the call's, entry g the g-th GroupSpec's. Distinct policies and schedules
@@ -275,18 +217,24 @@ class Sampler:
             raise UnidiffError(f"the key/value cache needs the plain denoiser of the built-in transformer, whose "
                                f"layers it reaches into; this is {type(model).__name__}: drop symmetric sampling "
                                f"or the cache")
-        if cache and model.cfg.kind != "diffusion":
+        if cache and objective_of(model).causal:
             raise UnidiffError("the approximate key/value cache is for diffusion models; an autoregressive model "
                                "decodes with its exact cache (sample_causal)")
         mode = cache_mode(cache)
         self.store = KVStore(self.passes * slots, width, mode) if mode else None
-        self.by_width = cut_to_width(device, amp_dtype)
+        # What the loop asks of the denoiser: logits for these rows at these positions (see unidiff.models.readout).
+        self.readout: Readout = Passes(model, self.store, cut_to_width(device, amp_dtype))
+        if guidance != 1.0:
+            self.readout = Guided(self.readout, guidance, slots)
+        self.arange_L = torch.arange(width, device=device)
         S, L = slots, width
         zeros = lambda dtype: torch.zeros((S, L), dtype=dtype, device=device)  # noqa: E731
         self.x, self.modality, self.positions = zeros(torch.long), zeros(torch.long), zeros(torch.long)
         self.pad_mask = torch.ones((S, L), dtype=torch.bool, device=device)
         self.targets, self.condition, self.group = zeros(torch.bool), zeros(torch.bool), zeros(torch.long)
+        self.open = zeros(torch.bool)  # target positions no step has decided yet (or re-opened by remasking)
         self.blank_ok = None
+        self.cells = None  # (S, L) grid cells, once a batch with a grid modality is admitted
         self.block_of = torch.full((S, L), -1, dtype=torch.long, device=device)
         self.seeds, self.nfe, self.k0 = (torch.zeros(S, dtype=torch.long, device=device) for _ in range(3))
         self.row_steps = torch.ones(S, dtype=torch.long, device=device)
@@ -299,8 +247,8 @@ class Sampler:
         self.k = 0
 
     def committed(self) -> int:
-        """Target tokens of the active slots that are committed now (not MASK)."""
-        return int((self.targets & self.active.unsqueeze(1) & (self.x != MASK)).sum())
+        """Target tokens of the active slots that are committed now (not open)."""
+        return int((self.targets & self.active.unsqueeze(1) & ~self.open).sum())
 
     def admit(self, batch: Batch, slots: torch.Tensor, steps=None, seeds=0) -> None:
         """Put the rows of ``batch`` (at most ``width`` positions) into free ``slots``; ``steps`` and ``seeds`` as
@@ -317,6 +265,7 @@ class Sampler:
         n_targets = targets.sum(1)
         if isinstance(seeds, int):
             seeds = seeds + torch.arange(b)
+        seeds = torch.as_tensor(seeds, dtype=torch.long, device=dev).reshape(b)
         row_steps = n_targets.clamp(min=1) if steps is None else \
             torch.as_tensor(steps, dtype=torch.long, device=dev).expand(b)
         if (row_steps < 1).any():
@@ -344,7 +293,9 @@ class Sampler:
             dst[slots, :n] = src
 
         condition = batch.condition if batch.condition is not None else ~batch.targets
-        put(self.x, torch.where(targets, MASK, batch.ids), 0)
+        put(self.x, self.process.start(batch.ids, targets, batch.modality, self.model.layout,
+                                       noise_uniform(seeds.reshape(b, 1), -1, torch.arange(n, device=dev))), 0)
+        put(self.open, targets, False)
         put(self.modality, batch.modality, 0)
         put(self.positions, batch.positions, 0)
         put(self.pad_mask, batch.pad_mask, True)
@@ -355,12 +306,16 @@ class Sampler:
             self.blank_ok = torch.zeros((self.S, self.L), dtype=torch.bool, device=dev)
         if self.blank_ok is not None:
             put(self.blank_ok, batch.blank_ok if batch.blank_ok is not None else torch.zeros_like(targets), False)
+        if batch.cells is not None and self.cells is None:
+            self.cells = torch.full((self.S, self.L), -1, dtype=torch.long, device=dev)
+        if self.cells is not None:
+            put(self.cells, batch.cells if batch.cells is not None else torch.full_like(batch.ids, -1), -1)
         # Each target's rank within its (row, group) cuts it into blocks.
         rank = onehot.cumsum(1).gather(2, group.unsqueeze(-1)).squeeze(-1) - 1
         put(self.block_of, torch.where(targets, rank // self.size, -1), -1)
         self.n_group[slots] = n_group
         self.cur[slots], self.loc[slots] = 0, 0
-        self.seeds[slots] = torch.as_tensor(seeds, dtype=torch.long, device=dev).reshape(b)
+        self.seeds[slots] = seeds
         self.row_steps[slots] = row_steps
         self.n_targets[slots] = n_targets
         self.width[slots] = row_widths(batch.pad_mask)
@@ -372,30 +327,49 @@ class Sampler:
 
     def finished(self) -> torch.Tensor:
         """The active slots with nothing left to generate."""
-        return (self.active & ~(self.targets & (self.x == MASK)).any(1)).nonzero().squeeze(1)
+        return (self.active & ~(self.targets & self.open).any(1)).nonzero().squeeze(1)
 
     def release(self, slots: torch.Tensor) -> None:
         self.active[slots] = False
 
-    def _features(self, slots: torch.Tensor, widths: torch.Tensor, need: torch.Tensor | None, ids, modality,
-                  positions, pad_mask, hole=None) -> torch.Tensor:
-        """(n, L, d) features of the (n, L) rows of these slots (``slots``: the store's; ``widths``: the rows';
-        ``need``: the positions a cached pass computes), in one pass or, with ``by_width``, cut to their widths."""
-        def run(sel: slice | torch.Tensor, w: int) -> torch.Tensor:
-            args = [t[sel, :w] for t in (ids, modality, positions, pad_mask)]
-            kw = {} if hole is None else {"hole": hole[sel, :w]}
-            if self.store is None:
-                return self.model.features(*args, **kw)
-            return self.store.features(self.model, slots[sel], need[sel, :w], *args, **kw)
-
-        return by_width(run, widths, ids.shape[1]) if self.by_width else run(slice(None), ids.shape[1])
-
     def step(self) -> torch.Tensor | None:
-        """One step of every active slot; returns the slots that ran the denoiser (None: nothing left to do)."""
-        model, device, B, L, G = self.model, self.device, self.S, self.L, self.G
-        x, passes, remask, guidance = self.x, self.passes, self.remask, self.guidance
+        """One step of every active slot; returns the slots that ran the denoiser (None: nothing left to do).
+
+        The algorithm, in order: the time grid gives each block's budget for this step (`_plan`); remasking picks
+        decided positions to re-open; the rows whose policies may commit something run the denoiser, which gives
+        logits at their open positions of the current blocks (`Readout`: guidance and the caches behind it); the
+        process turns them into the distribution proposals are drawn from; each group's policy picks what to
+        commit; then blocks advance."""
+        plan = self._plan()
+        if plan is None:
+            return None
+        reopen = self._choose_reopened(plan)
+        rows = self._rows_that_run(plan, reopen)
+        if len(rows):
+            deciding = plan.open_in_block[rows]  # (b, L) the open positions of these rows' current blocks
+            where = deciding.nonzero(as_tuple=True)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.readout.logits(self._rows(rows, plan), where,
+                                             None if self.blank_ok is None else self.blank_ok[rows][where])
+            logits = self.process.posterior(logits, self.x[rows][where])  # absorbing: the clean-token draw itself
+            tokens, confidence, probs, at = self._propose(rows, where, logits, plan.k_row)
+            chosen = self._choose_commits(plan, rows, tokens, confidence, probs, at)
+            self.x[rows] = torch.where(chosen, tokens, self.x[rows])
+            self.open[rows] &= ~chosen
+            self.nfe[rows] += self.passes
+        if self.remask > 0:  # the re-masked positions are open again, as noise
+            self.x[:] = self.process.reopen(self.x, reopen, self.modality, self.model.layout,
+                                            noise_uniform(self.seeds.unsqueeze(1), plan.k_row, self.arange_L))
+            self.open |= reopen
+        self._advance(plan)
+        self.k += 1
+        return rows
+
+    def _plan(self) -> "StepPlan | None":
+        """This step's instances (one per (slot, group) with targets), their current blocks and their budgets,
+        all known before the forward pass; None when no block has anything open."""
+        device, B, L, G = self.device, self.S, self.L, self.G
         targets = self.targets & self.active.unsqueeze(1)
-        # Instances: one per (slot, group) that has targets.
         key = torch.arange(B, device=device).unsqueeze(1) * G + self.group  # (B, L)
         uniq, inst = torch.unique(key[targets], return_inverse=True)
         I = len(uniq)
@@ -403,130 +377,166 @@ class Sampler:
             return None
         inst_at = torch.full((B, L), -1, dtype=torch.long, device=device)
         inst_at[targets] = inst
-        i_row, i_spec = uniq // G, uniq % G  # (I,)
-        current, local = self.cur[i_row, i_spec], self.loc[i_row, i_spec]
-        i_n = self.n_group[i_row, i_spec]
-        i_blocks = ((i_n + self.size - 1) // self.size).clamp(min=1)
-        spec_steps_t = self.spec_steps[i_spec]
-        i_steps = torch.where(spec_steps_t > 0, spec_steps_t, self.row_steps[i_row])  # (I,)
-        i_pol, i_sch = self.pol_of[i_spec], self.sch_of[i_spec]
-        inst_c = inst_at.clamp(min=0)
-        inst_flat = inst_c.flatten()
-        own = inst_at[i_row] == torch.arange(I, device=device).unsqueeze(1)  # (I, L): each instance's positions
-        k_row = (self.k - self.k0).unsqueeze(1)  # (B, 1): each slot's own step counter
-
-        def count(mask: torch.Tensor) -> torch.Tensor:
-            """(I,) number of True positions of each instance in a (B, L) mask of target positions."""
-            return _scatter_sum(inst_flat, (mask & targets).flatten(), I)
-
-        def to_rows(per_instance: torch.Tensor, rows_of: torch.Tensor, n_rows: int) -> torch.Tensor:
-            """(n, L) masks of instances -> (n_rows, L) masks of their rows (an instance's row index in rows_of)."""
-            out = torch.zeros((n_rows, L), dtype=torch.long, device=device)
-            return out.index_add_(0, rows_of, per_instance.long()) > 0
-
-        masked = targets & (x == MASK)
-        in_block = targets & (self.block_of == current[inst_c])  # (B, L): each instance's current block
-        mb = masked & in_block
-        left_now = count(mb)
-        if not (left_now > 0).any():
+        row, spec = uniq // G, uniq % G  # (I,)
+        current, local = self.cur[row, spec], self.loc[row, spec]
+        n_inst = self.n_group[row, spec]
+        n_blocks = ((n_inst + self.size - 1) // self.size).clamp(min=1)
+        own_steps = self.spec_steps[spec]
+        steps = torch.where(own_steps > 0, own_steps, self.row_steps[row])  # (I,)
+        inst_of = inst_at.clamp(min=0)  # (B, L) each target's instance (0 elsewhere: masked out by `targets`)
+        plan = StepPlan(targets=targets, inst_of=inst_of, row=row, spec=spec, current=current, local=local,
+                        own=inst_at[row] == torch.arange(I, device=device).unsqueeze(1),
+                        k_row=(self.k - self.k0).unsqueeze(1))
+        in_block = targets & (self.block_of == current[inst_of])  # (B, L): each instance's current block
+        plan.in_block, plan.open_in_block = in_block, targets & self.open & in_block
+        plan.n_open = plan.count(plan.open_in_block)
+        if not (plan.n_open > 0).any():
             return None
-        live = left_now > 0  # (I,)
-        # The step's budgets, per instance, before the forward pass.
-        n_block = count(in_block)
-        s_block = (i_steps // i_blocks + (current < i_steps % i_blocks).long()).clamp(min=1)
-        s_block = torch.minimum(s_block, n_block.clamp(min=1))
-        p_unmask = torch.zeros(I, dtype=torch.float64, device=device)
-        left = torch.zeros(I, dtype=torch.long, device=device)
-        sigma = torch.zeros(I, dtype=torch.float64, device=device)
-        for j, sch in enumerate(self.schedules):
-            p_j, l_j, s_j = step_budget(n_block, s_block, local, sch, remask)
-            sel = i_sch == j
-            p_unmask, left, sigma = torch.where(sel, p_j, p_unmask), torch.where(sel, l_j, left), \
-                torch.where(sel, s_j, sigma)
-        last = local + 1 >= s_block  # a block's final step commits all it has left
-        positions = torch.arange(L, device=device)
-        uniform = hashed_uniform(self.seeds.unsqueeze(1), k_row, STREAM_POLICY, positions)  # (B, L)
-        re = torch.zeros_like(masked)
-        if remask > 0:  # ReMDM: committed tokens of the current block go back to MASK with probability sigma
-            u_re = hashed_uniform(self.seeds.unsqueeze(1), k_row, STREAM_REMASK, positions)
-            re = in_block & ~masked & (u_re < sigma[inst_c]) & (live & ~last)[inst_c]
-            # At most `left` of them (the smallest uniforms), so the step can still end with exactly `left` masked.
-            re = to_rows(top_n(-u_re[i_row], re[i_row] & own, left), i_row, B)
-        n_re = count(re)
-        n_commit = torch.minimum((left_now - left).clamp(min=0) + n_re, left_now)
-        # One policy "row" per instance: its masked positions of the current block, in its row.
-        vm = mb[i_row] & own  # (I, L)
-        go = live & (last | (n_re > 0))
-        for j, pol in enumerate(self.policies):
-            may = getattr(pol, "may_commit", None)
-            sel = (i_pol == j) & live
+        plan.live = plan.n_open > 0  # (I,)
+        # The block's share of its group's steps, and the time grid's budget for this step of it.
+        n_block = plan.count(in_block)
+        block_steps = (steps // n_blocks + (current < steps % n_blocks).long()).clamp(min=1)
+        plan.block_steps = torch.minimum(block_steps, n_block.clamp(min=1))
+        plan.p_decide = torch.zeros(I, dtype=torch.float64, device=device)
+        plan.n_left = torch.zeros(I, dtype=torch.long, device=device)
+        plan.sigma = torch.zeros(I, dtype=torch.float64, device=device)
+        schedule_of = self.sch_of[spec]
+        for j, schedule in enumerate(self.schedules):
+            p_j, left_j, sigma_j = self.process.budget(n_block, plan.block_steps, local, schedule, self.remask)
+            sel = schedule_of == j
+            plan.p_decide = torch.where(sel, p_j, plan.p_decide)
+            plan.n_left = torch.where(sel, left_j, plan.n_left)
+            plan.sigma = torch.where(sel, sigma_j, plan.sigma)
+        plan.last = local + 1 >= plan.block_steps  # a block's final step commits all it has left
+        plan.uniform = hashed_uniform(self.seeds.unsqueeze(1), plan.k_row, STREAM_POLICY, self.arange_L)  # (B, L)
+        return plan
+
+    def _choose_reopened(self, plan: "StepPlan") -> torch.Tensor:
+        """ReMDM: the decided positions of the current blocks that go back to noise, each with probability sigma,
+        at most as many as the step leaves open (the smallest uniforms win); sets the commit counts to match."""
+        reopen = torch.zeros_like(plan.open_in_block)
+        if self.remask > 0:
+            u = hashed_uniform(self.seeds.unsqueeze(1), plan.k_row, STREAM_REMASK, self.arange_L)
+            candidates = plan.in_block & ~plan.open_in_block & (u < plan.sigma[plan.inst_of]) & \
+                (plan.live & ~plan.last)[plan.inst_of]
+            picked = top_n(-u[plan.row], candidates[plan.row] & plan.own, plan.n_left)
+            reopen = plan.to_rows(picked, plan.row, self.S)
+        plan.n_reopened = plan.count(reopen)
+        plan.n_commit = torch.minimum((plan.n_open - plan.n_left).clamp(min=0) + plan.n_reopened, plan.n_open)
+        return reopen
+
+    def _rows_that_run(self, plan: "StepPlan", reopen: torch.Tensor) -> torch.Tensor:
+        """The slots with a group whose policy may commit something this step; the others skip the forward pass
+        (and cost no NFE)."""
+        plan.open_of_instance = plan.open_in_block[plan.row] & plan.own  # (I, L): one policy "row" per instance
+        go = plan.live & (plan.last | (plan.n_reopened > 0))
+        policy_of = self.pol_of[plan.spec]
+        for j, policy in enumerate(self.policies):
+            may = getattr(policy, "may_commit", None)  # an optional member of the Policy protocol
+            sel = (policy_of == j) & plan.live
             if may is None:
                 go |= sel
             elif sel.any():
                 idx = sel.nonzero().squeeze(1)
-                ctx = StepContext(masked=vm[idx], tokens=None, confidence=None, n_commit=n_commit[idx],
-                                  p_unmask=p_unmask[idx], uniform=uniform[i_row[idx]])
+                ctx = StepContext(masked=plan.open_of_instance[idx], tokens=None, confidence=None,
+                                  n_commit=plan.n_commit[idx], p_unmask=plan.p_decide[idx],
+                                  uniform=plan.uniform[plan.row[idx]])
                 go[idx] |= may(ctx)
-        # ... so a row none of whose groups would commit anything skips the forward pass (it costs no NFE).
-        run_row = _scatter_sum(i_row, go, B) > 0
-        rows = run_row.nonzero().squeeze(1)
-        step_inst = live & run_row[i_row]  # instances decided by the model this step
-        if len(rows):
-            xa, ma = x[rows], mb[rows]  # (b, L)
-            where = ma.nonzero(as_tuple=True)
-            mods = self.modality[rows]
-            blank_ok = self.blank_ok
-            blank = blank_ok[rows][where] if blank_ok is not None else None
-            hole = {} if blank_ok is None else {"hole": blank_ok[rows].repeat(passes, 1)}
-            store = self.store
-            # The positions a cached pass must compute: the dual cache's store holds the block as it stood at the
-            # block's start, so all of it; the delta cache's holds every position as last computed, so the masked
-            # ones (whose states the step reads) and, added by the store, those that changed since.
-            need = None if store is None else (mb if store.mode == "delta" else in_block)[rows]
-            with autocast(device, self.amp_dtype):
-                if passes == 2:  # the unconditional pass hides the conditioning positions from attention
-                    hidden = torch.cat([self.pad_mask[rows], self.pad_mask[rows] | self.condition[rows]])
-                    h = self._features(torch.cat([rows, rows + B]), self.width[rows].repeat(2),
-                                       None if need is None else need.repeat(2, 1), xa.repeat(2, 1),
-                                       mods.repeat(2, 1), self.positions[rows].repeat(2, 1), hidden, **hole)
-                    lc = _logits(model, h[:len(rows)][where], mods[where], blank).float()
-                    lu = _logits(model, h[len(rows):][where], mods[where], blank).float()
-                    logits = torch.where(torch.isfinite(lc), lu + guidance * (lc - lu), lc)
-                else:
-                    h = self._features(rows, self.width[rows], need, xa, mods, self.positions[rows],
-                                       self.pad_mask[rows], **hole)
-                    logits = _logits(model, h[where], mods[where], blank).float()  # (n_masked, V)
-            probs = logits.softmax(-1)  # (n_masked, V), float32
-            u = hashed_uniform(self.seeds[rows][where[0]], k_row[rows, 0][where[0]], STREAM_TOKEN, where[1])
-            tok, conf = propose(logits, u, self.temperature, self.top_k, self.top_p, probs=probs)
-            tokens = torch.full_like(xa, MASK)
-            tokens[where] = tok
-            confidence = torch.zeros(xa.shape, dtype=torch.float64, device=device)
-            confidence[where] = quantise_prob(conf.double())
-            at = torch.full_like(xa, -1)  # index of each masked position's row in probs
-            at[where] = torch.arange(len(tok), device=device)
-            local_row = torch.full((B,), -1, dtype=torch.long, device=device)
-            local_row[rows] = torch.arange(len(rows), device=device)
-            commit = torch.zeros(xa.shape, dtype=torch.bool, device=device)
-            for j, pol in enumerate(self.policies):
-                idx = ((i_pol == j) & step_inst).nonzero().squeeze(1)
-                if not len(idx):
-                    continue
-                lr, m = local_row[i_row[idx]], vm[idx]
-                ctx = StepContext(masked=m, tokens=tokens[lr], confidence=confidence[lr], n_commit=n_commit[idx],
-                                  p_unmask=p_unmask[idx], uniform=uniform[i_row[idx]], probs=probs[at[lr][m]],
-                                  n_remasked=n_re[idx])
-                chosen = (pol.commit(ctx) | last[idx].unsqueeze(1)) & m
-                commit |= to_rows(chosen, lr, len(rows))
-            x[rows] = torch.where(commit, tokens, xa)
-            self.nfe[rows] += passes
-        x[:] = torch.where(re, MASK, x)
-        # Advance every live instance; a block is done after its last step or once nothing in it is masked.
-        still = count((x == MASK) & in_block)
-        done = live & ((step_inst & last) | (still == 0))
-        self.cur[i_row, i_spec] = current + done.long()
-        self.loc[i_row, i_spec] = torch.where(done, 0, torch.where(live, local + 1, local))
+        run = _scatter_sum(plan.row, go, self.S) > 0
+        plan.decided = plan.live & run[plan.row]  # instances the model decides this step
+        return run.nonzero().squeeze(1)
+
+    def _rows(self, rows: torch.Tensor, plan: "StepPlan") -> Rows:
+        """The denoiser's inputs for these slots. The positions a cached pass must compute: the dual cache's
+        store holds the block as it stood at the block's start, so all of it; the delta cache's holds every
+        position as last computed, so the open ones (whose states the step reads) and, added by the store, those
+        that changed since."""
+        store = self.store
+        need = None if store is None else (plan.open_in_block if store.mode == "delta" else plan.in_block)[rows]
+        return Rows(ids=self.x[rows], modality=self.modality[rows], positions=self.positions[rows],
+                    pad_mask=self.pad_mask[rows], condition=self.condition[rows], slots=rows,
+                    widths=self.width[rows], need=need,
+                    hole=None if self.blank_ok is None else self.blank_ok[rows],
+                    cells=None if self.cells is None else self.cells[rows])
+
+    def _propose(self, rows, where, logits, k_row):
+        """A clean token and its confidence at each deciding position: (b, L) tokens (MASK elsewhere), (b, L)
+        float64 quantised confidences, the (n, V) probabilities and each position's index into them."""
+        probs = logits.softmax(-1)  # (n, V), float32
+        u = hashed_uniform(self.seeds[rows][where[0]], k_row[rows, 0][where[0]], STREAM_TOKEN, where[1])
+        tok, conf = propose(logits, u, self.temperature, self.top_k, self.top_p, probs=probs)
+        shape = (len(rows), self.L)
+        tokens = torch.full(shape, MASK, dtype=torch.long, device=self.device)
+        tokens[where] = tok
+        confidence = torch.zeros(shape, dtype=torch.float64, device=self.device)
+        confidence[where] = quantise_prob(conf.double())
+        at = torch.full(shape, -1, dtype=torch.long, device=self.device)
+        at[where] = torch.arange(len(tok), device=self.device)
+        return tokens, confidence, probs, at
+
+    def _choose_commits(self, plan, rows, tokens, confidence, probs, at) -> torch.Tensor:
+        """(b, L) the positions each group's policy commits (a block's last step: all it has open)."""
+        local_row = torch.full((self.S,), -1, dtype=torch.long, device=self.device)
+        local_row[rows] = torch.arange(len(rows), device=self.device)
+        chosen = torch.zeros((len(rows), self.L), dtype=torch.bool, device=self.device)
+        policy_of = self.pol_of[plan.spec]
+        for j, policy in enumerate(self.policies):
+            idx = ((policy_of == j) & plan.decided).nonzero().squeeze(1)
+            if not len(idx):
+                continue
+            lr, open_ = local_row[plan.row[idx]], plan.open_of_instance[idx]
+            ctx = StepContext(masked=open_, tokens=tokens[lr], confidence=confidence[lr],
+                              n_commit=plan.n_commit[idx], p_unmask=plan.p_decide[idx],
+                              uniform=plan.uniform[plan.row[idx]], probs=probs[at[lr][open_]],
+                              n_remasked=plan.n_reopened[idx])
+            picked = (policy.commit(ctx) | plan.last[idx].unsqueeze(1)) & open_
+            chosen |= plan.to_rows(picked, lr, len(rows))
+        return chosen
+
+    def _advance(self, plan: "StepPlan") -> None:
+        """Every live instance moves on a step; a block is done after its last step or once nothing in it is open."""
+        still = plan.count(self.open & plan.in_block)
+        done = plan.live & ((plan.decided & plan.last) | (still == 0))
+        self.cur[plan.row, plan.spec] = plan.current + done.long()
+        self.loc[plan.row, plan.spec] = torch.where(done, 0, torch.where(plan.live, plan.local + 1, plan.local))
         if self.store is not None and done.any():  # a row that moves on to a new block (the dual cache refreshes)
-            self.store.block_done(torch.cat([i_row[done] + j * B for j in range(passes)]))
-        self.k += 1
-        return rows
+            self.store.block_done(torch.cat([plan.row[done] + j * self.S for j in range(self.passes)]))
+
+
+@dataclass
+class StepPlan:
+    """One step's bookkeeping, per instance (a (slot, group) with targets; tensors of length I) and per position
+    ((B, L) masks over the sampler's slots). Filled by `Sampler._plan` and the phases after it."""
+
+    targets: torch.Tensor  # (B, L) targets of the active slots
+    inst_of: torch.Tensor  # (B, L) each target's instance
+    row: torch.Tensor  # (I,) the instance's slot
+    spec: torch.Tensor  # (I,) its settings entry (0: the call's, g: GroupSpec g)
+    current: torch.Tensor  # (I,) the block it decodes
+    local: torch.Tensor  # (I,) the step within that block
+    own: torch.Tensor  # (I, L) its positions, in its row
+    k_row: torch.Tensor  # (B, 1) each slot's own step counter
+    in_block: torch.Tensor | None = None  # (B, L) the current blocks' targets
+    open_in_block: torch.Tensor | None = None  # (B, L) ... that are still open
+    n_open: torch.Tensor | None = None  # (I,)
+    live: torch.Tensor | None = None  # (I,) instances with something open
+    block_steps: torch.Tensor | None = None  # (I,) steps of the current block
+    p_decide: torch.Tensor | None = None  # (I,) float64, the process's reveal probability (StepContext.p_unmask)
+    n_left: torch.Tensor | None = None  # (I,) open positions the step leaves
+    sigma: torch.Tensor | None = None  # (I,) float64, the re-opening probability (ReMDM)
+    last: torch.Tensor | None = None  # (I,) the block's final step
+    uniform: torch.Tensor | None = None  # (B, L) the policies' uniforms
+    n_reopened: torch.Tensor | None = None  # (I,)
+    n_commit: torch.Tensor | None = None  # (I,) what a budgeted policy commits
+    open_of_instance: torch.Tensor | None = None  # (I, L) the policy "rows"
+    decided: torch.Tensor | None = None  # (I,) instances the model decides this step
+
+    def count(self, mask: torch.Tensor) -> torch.Tensor:
+        """(I,) number of True positions of each instance in a (B, L) mask of target positions."""
+        return _scatter_sum(self.inst_of.flatten(), (mask & self.targets).flatten(), len(self.row))
+
+    @staticmethod
+    def to_rows(per_instance: torch.Tensor, rows_of: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """(n, L) masks of instances -> (n_rows, L) masks of their rows (an instance's row index in rows_of)."""
+        out = torch.zeros((n_rows, per_instance.shape[1]), dtype=torch.long, device=per_instance.device)
+        return out.index_add_(0, rows_of, per_instance.long()) > 0

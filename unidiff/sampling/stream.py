@@ -9,10 +9,9 @@ import torch
 
 from unidiff.data import Batch
 from unidiff.errors import UnidiffError
-from unidiff.model import Denoiser
-from unidiff.policies import Policy
-from unidiff.sampling import SampleOutput, Sampler
-from unidiff.vocab import MASK
+from unidiff.models.transformer import Denoiser
+from unidiff.sampling.policies import Policy
+from unidiff.sampling.loop import SampleOutput, Sampler
 
 
 @torch.no_grad()
@@ -37,7 +36,7 @@ def sample_stream(model: Denoiser, batch: Batch, policy: Policy, max_batch: int,
     targets = batch.targets & ~batch.pad_mask
     steps_all = targets.sum(1).clamp(min=1) if steps is None else torch.as_tensor(steps, dtype=torch.long).expand(R)
     sampler = Sampler(model, policy, min(max_batch, R), L, **settings)
-    ids = torch.where(targets, MASK, batch.ids).to(device)
+    ids = batch.ids.clone().to(device)  # each request's row, replaced when it is done
     nfe = torch.zeros(R, dtype=torch.long)
     latency = torch.zeros(R, dtype=torch.float64)
     owner = torch.full((sampler.S,), -1, dtype=torch.long)  # the request in each slot
