@@ -3,6 +3,9 @@
 and log readers, checkpoint weight comparison, and `write_dist` (an installed plugin distribution on disk)."""
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from unidiff.training.config import Config, DataConfig, TrainConfig
 from unidiff.data import Segment, encode_row
 from unidiff.errors import ModalityInputError
 from unidiff.modality import make_head
+from unidiff.plugins import DISABLE_ENV
 from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.training.train import STATE
 from unidiff.vocab import VocabLayout
@@ -147,3 +151,14 @@ def allowed(layout: VocabLayout, modality: torch.Tensor) -> torch.Tensor:
     for b in layout.blocks.values():
         table[b.index, b.start:b.stop] = True
     return table[modality]
+
+
+def unidiff_cli(*args: str, path: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m unidiff.cli ARGS`` in a subprocess on one thread, with every plugin enabled and ``path`` (a
+    throwaway plugin's folder) first on its PYTHONPATH."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(DISABLE_ENV, None)
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "unidiff.cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)

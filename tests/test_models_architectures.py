@@ -5,9 +5,7 @@ reloads it with no core edit; checkpoints of the built-in transformer keep loadi
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from unidiff.models.transformer import ModelConfig
 from unidiff.plugins import DISABLE_ENV, Registry
 from unidiff.vocab import VocabLayout
 
-from helpers import Letters, write_dist
+from helpers import Letters, unidiff_cli, write_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,20 +110,11 @@ def mixer(tmp_path_factory) -> Path:
                       {"mixerplug": MIXERPLUG})
 
 
-def unidiff(*args: str, path: Path | None, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(DISABLE_ENV, None)
-    if path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "unidiff.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def trained(mixer, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("mixrun")
     (work / "mixer.toml").write_text(CONFIG.format(out=(work / "run").as_posix()))
-    done = unidiff("train", "mixer.toml", "--no-progress", path=mixer, cwd=work)
+    done = unidiff_cli("train", "mixer.toml", "--no-progress", path=mixer, cwd=work)
     assert done.returncode == 0, done.stderr
     assert "trained 6 steps to step 6" in done.stderr
     return work / "run" / "model"
@@ -135,20 +124,20 @@ def test_a_third_party_architecture_trains_evaluates_samples_and_reloads(mixer, 
     config = json.loads((trained / "config.json").read_text())
     assert config["model"] == {"architecture": "mixer", "kind": "diffusion", "max_len": 32, "d_model": 32,
                                "hidden": 48}
-    done = unidiff("eval", "--model", str(trained), "--windows", "2", path=mixer, cwd=trained)
+    done = unidiff_cli("eval", "--model", str(trained), "--windows", "2", path=mixer, cwd=trained)
     assert done.returncode == 0, done.stderr
     bits = float(re.search(r"text: ([0-9.]+) bits/token", done.stdout).group(1))
     assert 0 < bits < 12  # trained 6 steps: a little below the 8 bits of a uniform guess over bytes, or near it
-    again = unidiff("eval", "--model", str(trained), "--windows", "2", path=mixer, cwd=trained)
+    again = unidiff_cli("eval", "--model", str(trained), "--windows", "2", path=mixer, cwd=trained)
     assert again.stdout == done.stdout  # the figure is the checkpoint's, reproducibly
-    done = unidiff("generate", "--model", str(trained), "--prompt", "KING", "--length", "8", "--steps", "4",
+    done = unidiff_cli("generate", "--model", str(trained), "--prompt", "KING", "--length", "8", "--steps", "4",
                    path=mixer, cwd=trained)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("KING") and "NFE 4 per sample" in done.stderr
-    done = unidiff("generate", "--model", str(trained), "--length", "8", "--cache", path=mixer, cwd=trained)
+    done = unidiff_cli("generate", "--model", str(trained), "--length", "8", "--cache", path=mixer, cwd=trained)
     assert done.returncode == 2 and "the key/value cache needs the plain denoiser of the built-in transformer" \
         in done.stderr and "this is Mixer" in done.stderr
-    done = unidiff("eval", "--model", str(trained), path=None, cwd=trained)  # without the plugin: named
+    done = unidiff_cli("eval", "--model", str(trained), path=None, cwd=trained)  # without the plugin: named
     assert done.returncode == 2 and "of architecture 'mixer', which no installed plugin provides" in done.stderr
 
     monkeypatch.syspath_prepend(str(mixer))

@@ -8,9 +8,7 @@ vowel-free one through the ordinary CLI; its config.json records the process, an
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from unidiff.process import Absorbing, get_process
 from unidiff.process.schedules import get_schedule
 from unidiff.sampling.loop import sample
 
-from helpers import rows_of, tiny_denoiser, write_dist
+from helpers import rows_of, tiny_denoiser, unidiff_cli, write_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,15 +156,6 @@ def registered(procplug, monkeypatch) -> Registry:
     sys.modules.pop("procplug", None)
 
 
-def unidiff(*args: str, path: Path | None, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(DISABLE_ENV, None)
-    if path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "unidiff.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-
-
 def test_registrations_are_checked_and_named(registered):
     assert {"absorbing", "reference", "vowelfree", "allatend"} <= set(registered.names("processes"))
     assert registered.plugin_of("processes", "absorbing").name == "unidiff.process.absorbing"
@@ -215,17 +204,17 @@ def test_the_sampler_draws_from_the_process_posterior_and_keeps_its_budgets(regi
 
 def test_a_model_trained_under_a_plugin_process_records_and_samples_it(procplug, tmp_path):
     (tmp_path / "vf.toml").write_text(CONFIG.format(out=(tmp_path / "run").as_posix()))
-    done = unidiff("train", "vf.toml", "--no-progress", path=procplug, cwd=tmp_path)
+    done = unidiff_cli("train", "vf.toml", "--no-progress", path=procplug, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     model = tmp_path / "run" / "model"
     assert json.loads((model / "config.json").read_text())["training"]["train"]["process"] == "vowelfree"
-    done = unidiff("eval", "--model", str(model), "--windows", "2", path=procplug, cwd=tmp_path)
+    done = unidiff_cli("eval", "--model", str(model), "--windows", "2", path=procplug, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert re.search(r"text: [0-9.]+ bits/token", done.stdout)
-    done = unidiff("generate", "--model", str(model), "--length", "32", "--num", "3", "--steps", "8",
+    done = unidiff_cli("generate", "--model", str(model), "--length", "32", "--num", "3", "--steps", "8",
                    path=procplug, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     samples = [line for line in done.stdout.splitlines() if not line.startswith("===== sample")]
     assert len(samples) >= 3 and not set("".join(samples)) & set("aeiouAEIOU")
-    done = unidiff("generate", "--model", str(model), "--length", "8", path=None, cwd=tmp_path)
+    done = unidiff_cli("generate", "--model", str(model), "--length", "8", path=None, cwd=tmp_path)
     assert done.returncode == 2 and "unknown process 'vowelfree'" in done.stderr, done.stderr

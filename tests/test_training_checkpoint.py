@@ -20,14 +20,9 @@ from unidiff.models.transformer import ModelConfig
 from unidiff.plugins import Registry
 from unidiff.training.train import train
 
-TRAIN_DOCS = [
-    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
-    "it was the season of Darkness, it was the spring of hope, it was the winter of despair.",
-    "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
-    "and nothing particular to interest me on shore, I thought I would sail about a little and see the watery "
-    "part of the world.",
-]
+import helpers
+
+TRAIN_DOCS = helpers.TRAIN_DOCS[:2]  # the shared documents, without the one shorter than a window
 EVAL_DOCS = ["All happy families are alike; each unhappy family is unhappy in its own way. Everything was in "
              "confusion in the Oblonskys' house."]
 

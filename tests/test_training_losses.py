@@ -165,6 +165,9 @@ def test_oracle_elbo_equals_exact_nll(chain, schedule):
     assert result.tokens["sym"] == 1024 * L
 
 
+# Slow (about a minute: 1,000 training steps); the fast tests cover its path: test_oracle_elbo_equals_exact_nll (the
+# bound and evaluate, exactly) and tests/test_training_train.py (the loop). Run it with `pytest -m slow`.
+@pytest.mark.slow
 def test_trained_elbo_is_within_5_percent_above_the_true_entropy(chain, tmp_path):
     P, pi, h = chain
     train_x, test_x = draw(P, pi, 20000, seed=10), draw(P, pi, 1024, seed=11)
