@@ -311,3 +311,22 @@ def test_examples_are_what_make_writes(tmp_path):
                 assert a.mode == b.mode == "L" and np.array_equal(np.asarray(a), np.asarray(b))
         else:
             assert shipped.read_bytes() == made.read_bytes(), name
+
+
+# The shipped models' figures as the README states them, with the command that reproduces each (time draws per
+# window, figure in bits per token: bytes for text, bases for DNA, BPE tokens for code, VQ codes for images).
+FIGURES = {"text": (1, "2.678"), "text-ar": (1, "2.143"), "dna": (4, "1.939"), "dna-ar": (1, "1.905"),
+           "code": (4, "6.725"), "code-ar": (1, "5.053"), "image": (1, "6.222")}
+
+
+@pytest.mark.slow  # about 4 minutes for all seven; tests/test_golden.py checks the same path on 3 windows each
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_every_readme_figure_is_what_unidiff_eval_prints(name):
+    from unidiff.training.evaluate import evaluate_model
+
+    samples, figure = FIGURES[name]
+    command = f"`unidiff eval --model {name}" + (f" --samples {samples}`" if samples > 1 else "`")
+    row = next(line for line in README.splitlines() if line.startswith(f"| `{name}` |"))
+    assert figure in row and command in row, row
+    result, _ = evaluate_model(name, samples=samples)
+    assert f"{next(iter(result.bits_per_token.values())):.3f}" == figure
