@@ -382,14 +382,10 @@ def _stream_vs_static(bench: Bench, length: int, batch: int,
 
 
 def _with_int8(pipe: Pipeline, fn) -> float:
-    from unidiff.models.quantize import quantize_int8
+    from unidiff.models.quantize import int8_while
 
-    saved = pipe.model.blocks
-    try:
-        quantize_int8(pipe.model, next(pipe.model.parameters()).device)
+    with int8_while(pipe.model, next(pipe.model.parameters()).device):
         return fn()
-    finally:
-        pipe.model.blocks = saved
 
 
 def _compiled(pipe: Pipeline, fn) -> float:
