@@ -2,6 +2,7 @@
 `Bytes`, UTF-8 bytes), a small sharp untrained denoiser and rows for it, a tiny training config with its documents
 and log readers, checkpoint weight comparison, and `write_dist` (an installed plugin distribution on disk)."""
 
+import errno
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from unidiff.training.config import Config, DataConfig, TrainConfig
+import unidiff.fs
+from unidiff.cli import main
 from unidiff.data import Segment, encode_row
 from unidiff.errors import ModalityInputError
 from unidiff.modality import make_head
@@ -162,3 +165,47 @@ def unidiff_cli(*args: str, path: Path | None = None, cwd: Path | None = None) -
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "unidiff.cli", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)
+
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a full disk, for monkeypatched writes
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files and folders that a write left behind."""
+    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name or "probe" in p.name or ".discarded" in p.name)
+
+
+def one_error_line(code: int, out: str, err: str) -> str:
+    """The CLI's answer to a user error: exit 2, nothing on stdout, one `unidiff: error:` line on stderr."""
+    assert code == 2, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unidiff: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_toml(tmp_path: Path, out_dir: Path, steps: int = 2) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(f'[model]\nd_model = 16\nn_layers = 1\nn_heads = 2\nmax_len = 16\n[data]\nseq_len = 16\n'
+                    f'[train]\nsteps = {steps}\neval_every = 2\neval_windows = 2\nsave_every = 2\n'
+                    f'out_dir = "{out_dir}"\n')
+    return path
+
+
+def refuse_writes(monkeypatch, under: Path, code: int = errno.EROFS) -> None:
+    """Make every file creation under ``under`` fail as on a read-only mount (root ignores mode bits)."""
+    real = os.open
+
+    def fake(path, flags, *args, **kwargs):
+        if str(path).startswith(str(under)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(unidiff.fs.os, "open", fake)

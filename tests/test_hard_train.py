@@ -1,6 +1,6 @@
 """Training and the writing commands against bad values and faults (issue 20, groups 2 and 4-6): non-finite or
 out-of-range config values, a run that diverges, read-only and full disks, SIGKILL inside a checkpoint write,
-damaged resume state and two runs into one out_dir. Each is refused with one `UnidiffError` line that names the
+and damaged resume state (two runs into one out_dir and atomic command outputs: tests/test_out_files.py). Each is refused with one `UnidiffError` line that names the
 problem and the fix, and leaves nothing half-written."""
 
 from __future__ import annotations
@@ -22,23 +22,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import SafetensorError
 
-import unidiff_bench.table as bench_mod
 import unidiff.training.checkpoint as ckpt
 import unidiff.fs as fs
 import unidiff.training.train as train_mod
-from unidiff.cli import main
 from unidiff.training.config import Config, DataConfig, SampleConfig, TrainConfig, load_config
 from unidiff.errors import CheckpointError, UnidiffError
-from unidiff.fs import OutputError, atomic_path, atomic_write, ensure_writable, folder_lock
+from unidiff.fs import OutputError, ensure_writable
 from unidiff.models.transformer import ModelConfig
 from unidiff.plugins import Registry
 from unidiff.training.train import STATE, TrainingError, train
 
-from helpers import EVAL_DOCS, N, TRAIN_DOCS, assert_same_weights, read_log, saved_step, tiny_cfg, weights
+from helpers import (ENOSPC, EVAL_DOCS, N, TRAIN_DOCS, assert_same_weights, cli, leftovers, one_error_line, read_log,
+                     refuse_writes, saved_step, tiny_cfg, tiny_toml, weights)
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -79,35 +77,6 @@ def done(reference, tmp_path) -> Path:
     """A private copy of the finished reference run."""
     shutil.copytree(reference, tmp_path / "run")
     return tmp_path / "run"
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Temporary files and folders that a write left behind."""
-    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name or "probe" in p.name or ".discarded" in p.name)
-
-
-def one_error_line(code: int, out: str, err: str) -> str:
-    """The CLI's answer to a user error: exit 2, nothing on stdout, one `unidiff: error:` line on stderr."""
-    assert code == 2, err
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("unidiff: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def tiny_toml(tmp_path: Path, out_dir: Path, steps: int = 2) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(f'[model]\nd_model = 16\nn_layers = 1\nn_heads = 2\nmax_len = 16\n[data]\nseq_len = 16\n'
-                    f'[train]\nsteps = {steps}\neval_every = 2\neval_windows = 2\nsave_every = 2\n'
-                    f'out_dir = "{out_dir}"\n')
-    return path
 
 
 # ------------------------------------------------------------------------------ group 2: values of the config
@@ -259,18 +228,6 @@ def test_weights_that_become_infinite_are_never_saved(registry, tmp_path, monkey
 
 
 # ----------------------------------------------------------------------------- group 4: writability, disk full
-
-
-def refuse_writes(monkeypatch, under: Path, code: int = errno.EROFS) -> None:
-    """Make every file creation under ``under`` fail as on a read-only mount (root ignores mode bits)."""
-    real = os.open
-
-    def fake(path, flags, *args, **kwargs):
-        if str(path).startswith(str(under)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(code, os.strerror(code), str(path))
-        return real(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(fs.os, "open", fake)
 
 
 def test_read_only_out_dir_is_refused_before_any_work(registry, tmp_path, monkeypatch):
@@ -550,131 +507,3 @@ def test_cli_damaged_state_is_one_line(capsys, tmp_path):
     rewrite_state(tmp_path / "run", lambda s: s.pop("optimizer"))
     line = one_error_line(*cli(capsys, "train", str(toml), "--quiet", "--set", "train.steps=4"))
     assert "it has no optimizer" in line and "--fresh" in line
-
-
-# -------------------------------------------------------------------------------------- group 6: the lock
-
-
-def test_second_run_into_a_locked_out_dir_is_refused_naming_the_pid(registry, tmp_path, monkeypatch):
-    with folder_lock(tmp_path):
-        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
-        monkeypatch.setattr(train_mod, "_train", lambda *a: pytest.fail("ran into a locked out_dir"))
-        with pytest.raises(UnidiffError) as e:
-            run(tiny_cfg(tmp_path), registry)
-        assert str(e.value) == (f"{tmp_path} is in use by another run (pid {os.getpid()}): wait for it to finish or "
-                                f"stop it, or pick another train.out_dir")
-    monkeypatch.undo()
-    assert (tmp_path / ".lock").read_text() == ""
-    assert run(tiny_cfg(tmp_path, steps=2), registry).step == 2  # free again
-
-
-def test_lock_held_by_another_process(capsys, tmp_path):
-    """A process holds the out_dir: the CLI refuses in one line naming that pid; once it exits, training runs."""
-    out = tmp_path / "run"
-    out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from unidiff.fs import folder_lock\n"
-                               "with folder_lock(sys.argv[1]):\n    print('locked', flush=True); sys.stdin.read()",
-                               str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        assert holder.stdout.readline() == "locked\n"
-        line = one_error_line(*cli(capsys, "train", str(tiny_toml(tmp_path, out)), "--quiet"))
-        assert line == (f"unidiff: error: {out} is in use by another run (pid {holder.pid}): wait for it to finish "
-                        f"or stop it, or pick another train.out_dir")
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
-    assert cli(capsys, "train", str(tiny_toml(tmp_path, out)), "--quiet")[0] == 0
-
-
-def test_a_killed_holder_leaves_the_out_dir_free(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", "import os, signal, sys; from unidiff.fs import folder_lock\n"
-                           "with folder_lock(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)", str(tmp_path)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=60)
-    assert proc.returncode == -signal.SIGKILL and (tmp_path / ".lock").read_text().strip().isdigit()
-    with folder_lock(tmp_path):
-        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
-
-
-# ------------------------------------------------------------------------------ group 4: --out is atomic
-
-
-def test_atomic_write_on_a_full_disk_leaves_the_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "table.md"
-    target.write_text("old table\n")
-    real = os.write
-
-    def write(fd, data):
-        real(fd, bytes(data[:5]))
-        raise ENOSPC
-
-    monkeypatch.setattr(fs.os, "write", write)
-    with pytest.raises(OutputError) as e:
-        bench_mod._write(target, "new table\n" * 1000)
-    monkeypatch.undo()
-    assert str(e.value) == (f"cannot write {target}: no space is left on the device (ENOSPC): free some space, or "
-                            f"give --out another path")
-    assert target.read_text() == "old table\n" and sorted(p.name for p in tmp_path.iterdir()) == ["table.md"]
-
-
-def test_bench_out_folder_is_refused_up_front(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_mod, "run_bench", lambda *a, **k: pytest.fail("measured before checking --out"))
-    line = one_error_line(*cli(capsys, "bench", "--out", str(tmp_path)))
-    assert line == f"unidiff: error: --out {tmp_path} is a folder: give the path of a file (e.g. {tmp_path / 'out'})"
-    with pytest.raises(OutputError, match="it is a folder"):
-        bench_mod._write(tmp_path, "x")
-    assert list(tmp_path.iterdir()) == []  # no .tmpPID file
-
-
-def test_generate_out_on_a_full_disk_is_one_line_and_leaves_no_partial_file(capsys, tmp_path, monkeypatch):
-    from unidiff_text import TextModality
-
-    def write(self, contents, path):  # half the samples land, then the disk is full
-        Path(path).write_text(contents[0][: len(contents[0]) // 2])
-        raise ENOSPC
-
-    target = tmp_path / "samples.txt"
-    monkeypatch.setattr(TextModality, "write", write)
-    line = one_error_line(*cli(capsys, "generate", "--length", "8", "--steps", "2", "--out", str(target)))
-    assert line == (f"unidiff: error: cannot write {target}: no space is left on the device (ENOSPC): free some "
-                    f"space, or give --out another path")
-    assert list(tmp_path.iterdir()) == []
-    target.write_text("earlier samples\n")
-    one_error_line(*cli(capsys, "generate", "--length", "8", "--steps", "2", "--out", str(target)))
-    assert target.read_text() == "earlier samples\n" and list(tmp_path.iterdir()) == [target]
-
-
-def test_generate_out_read_only_is_refused_before_sampling(capsys, tmp_path, monkeypatch):
-    import unidiff.cli as cli_mod
-
-    refuse_writes(monkeypatch, tmp_path)
-    monkeypatch.setattr(cli_mod, "load_pipeline", lambda args: pytest.fail("sampled before checking --out"))
-    line = one_error_line(*cli(capsys, "generate", "--out", str(tmp_path / "x.txt")))
-    assert line == (f"unidiff: error: cannot write {tmp_path}: the file system is read-only (EROFS): remount it "
-                    f"read-write, or give --out another path")
-
-
-def test_atomic_path_keeps_the_file_name_for_writers_that_read_it(tmp_path):
-    with atomic_path(tmp_path / "grid.png") as tmp:
-        assert tmp.name == "grid.png" and tmp.parent.parent == tmp_path
-        tmp.write_bytes(b"png")
-    assert (tmp_path / "grid.png").read_bytes() == b"png" and leftovers(tmp_path) == []
-    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "grid.png") as tmp:
-        tmp.write_bytes(b"half")
-        raise KeyboardInterrupt
-    assert (tmp_path / "grid.png").read_bytes() == b"png" and leftovers(tmp_path) == []
-    atomic_write(tmp_path / "sub" / "new.md", "é")
-    assert (tmp_path / "sub" / "new.md").read_text(encoding="utf-8") == "é"
-
-
-def test_report_write_table_is_atomic(tmp_path, monkeypatch, capsys):
-    from unidiff.report import write_table
-
-    target = tmp_path / "t.md"
-    refuse_writes(monkeypatch, tmp_path, errno.EDQUOT)
-    with pytest.raises(OutputError, match=f"cannot write {target}: the disk quota is used up \\(EDQUOT\\)"):
-        write_table("About.", "| a |", ["| 1 |"], "cmd", 0.0, str(target))
-    monkeypatch.undo()
-    assert list(tmp_path.iterdir()) == []
-    write_table("About.", "| a |", ["| 1 |"], "cmd", 0.0, str(target))
-    assert target.read_text().endswith("| a |\n|---|\n| 1 |\n")

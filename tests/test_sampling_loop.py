@@ -15,7 +15,8 @@ from unidiff.models.transformer import Denoiser, ModelConfig
 from unidiff.plugins import Registry
 from unidiff.sampling.policies import Ancestral, Confidence
 from unidiff.process.absorbing import step_budget
-from unidiff.sampling import STREAM_POLICY, STREAM_TOKEN, hashed_uniform, propose, sample
+from unidiff.rng import STREAM_POLICY, STREAM_TOKEN, hashed_uniform
+from unidiff.sampling import propose, sample
 from unidiff.process.schedules import get_schedule
 from unidiff.vocab import MASK, VocabLayout
 

@@ -91,12 +91,6 @@ class Absorbing(Process):
     def reopen(self, x, chosen, modality, layout, uniform):
         return torch.where(chosen, MASK, x)
 
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self)
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
 
 @hookimpl
 def register_processes(register):
